@@ -1,0 +1,54 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+)
+
+// printHelp lists every variable with its default and meaning, straight
+// from the envConfig tags, so help and parser cannot disagree.
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `natkeep keeps NAT and firewall mappings alive for the applications it relays.
+
+Usage:
+  natkeep               run (configured by the environment below)
+  natkeep help          print this help
+  natkeep version       print version, commit and Go version
+  natkeep healthcheck   exit 0 if /readyz on NATKEEP_ADMIN_ADDR answers 200, else 1
+
+Routes (NATKEEP_ROUTES, comma-separated):
+  PROTO://LISTEN/UPSTREAM[?key=value&...]
+  udp://127.0.0.1:5060/sip.example.net:5060?payload=crlf
+  tcp://:5432/db.internal:5432?keepalive_idle=30s
+  LISTEN is host:port with an IP or empty host (:5000 = all addresses, [::1]:5000 for IPv6);
+  UPSTREAM may be a DNS name, re-resolved every NATKEEP_RESOLVE_INTERVAL.
+  Per-route keys override the variables below:
+    udp: interval payload ttl reply dead_after idle_timeout max_flows role (client|responder)
+    tcp: keepalive_idle keepalive_interval keepalive_count user_timeout connect_timeout max_conns
+  Percent-encode commas and ampersands inside values (text:a%2Cb).
+
+Variables:
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	t := reflect.TypeFor[envConfig]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		def := f.Tag.Get("envDefault")
+		switch key {
+		case "ROUTES":
+			def = "(required)"
+		case "ADMIN_ADDR":
+			def = defaultAdminAddr
+		case "TCP_USER_TIMEOUT":
+			def = "idle+interval*count"
+		case "UDP_HEARTBEAT_REPLY":
+			def = "(by payload)"
+		}
+		fmt.Fprintf(tw, "  %s%s\t%s\t%s\n", envPrefix, key, def, f.Tag.Get("help"))
+	}
+	tw.Flush()
+}

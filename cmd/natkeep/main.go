@@ -1,0 +1,219 @@
+// Command natkeep is a sidecar proxy that keeps NAT and firewall mappings
+// alive for applications that cannot do it themselves: a UDP relay that
+// sends heartbeats on idle flows and a TCP proxy with per-socket keepalive
+// and TCP_USER_TIMEOUT. It is configured only by environment variables; run
+// `natkeep help` for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lmittmann/tint"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/natkeep/natkeep/relay"
+)
+
+// Stamped at build time with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = ""
+	commit  = ""
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], environ(), os.Stdout, os.Stderr))
+}
+
+// environ returns the process environment as a map.
+func environ() map[string]string {
+	m := make(map[string]string)
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+// run is main without the process exit, so tests can call it.
+func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
+	cmd := ""
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	switch cmd {
+	case "help", "-h", "-help", "--help":
+		printHelp(stdout)
+		return 0
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "healthcheck":
+		return healthcheck(env, stderr)
+	case "":
+	default:
+		fmt.Fprintf(stderr, "natkeep: unknown command %q (want help, version or healthcheck; natkeep runs with no arguments)\n", cmd)
+		return 2
+	}
+
+	cfg, err := loadConfig(env)
+	if err != nil {
+		fmt.Fprintf(stderr, "natkeep: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, env, stderr)
+	return serve(cfg, log)
+}
+
+// versionString reports version, commit and Go version; without stamping it
+// falls back to the module build info.
+func versionString() string {
+	v, c := version, commit
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && c == "" {
+				c = s.Value
+			}
+		}
+	}
+	if v == "" {
+		v = "dev"
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("natkeep %s (commit %s, %s %s/%s)", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// newLogger builds the slog logger: tint for humans on a terminal, JSON for
+// log collectors otherwise.
+func newLogger(cfg *config, env map[string]string, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated in loadConfig
+	format := cfg.LogFormat
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		// A character device is a terminal (or /dev/null, which nobody reads).
+		if st, err := f.Stat(); err == nil {
+			tty = st.Mode()&os.ModeCharDevice != 0
+		}
+	}
+	if format == "auto" {
+		format = "json"
+		if tty {
+			format = "text"
+		}
+	}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	}
+	_, noColor := env["NO_COLOR"]
+	return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly + ".000", NoColor: noColor || !tty}))
+}
+
+// serve runs the relay and the admin server until a signal, then drains.
+func serve(cfg *config, log *slog.Logger) int {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := relay.NewMetrics(reg)
+
+	r, err := relay.New(cfg.Relay, log, metrics)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	// Signals are caught before binding so a SIGTERM during start-up drains too.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+
+	var admin *http.Server
+	if cfg.AdminAddr != "" {
+		ln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			log.Error("cannot bind admin address", "addr", cfg.AdminAddr, "err", err)
+			return 1
+		}
+		admin = &http.Server{Handler: adminHandler(reg, r), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin server failed", "err", err)
+			}
+		}()
+	}
+	if err := r.Start(); err != nil {
+		log.Error("cannot start", "err", err)
+		if admin != nil {
+			admin.Close()
+		}
+		return 1
+	}
+	logStart(log, cfg, r)
+
+	sig := <-sigs
+	log.Info("draining", "signal", sig.String(), "drain_timeout", cfg.Relay.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Relay.DrainTimeout)
+	done := make(chan error, 1)
+	go func() { done <- r.Shutdown(ctx) }()
+	select {
+	case err = <-done:
+	case sig = <-sigs:
+		log.Warn("second signal: exiting now", "signal", sig.String())
+		cancel()
+		r.Close()
+		return 1
+	}
+	cancel()
+	if admin != nil {
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		_ = admin.Shutdown(actx)
+		acancel()
+	}
+	if err != nil {
+		log.Warn("drain incomplete", "err", err)
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// logStart writes the one start-up line with the effective configuration.
+func logStart(log *slog.Logger, cfg *config, r *relay.Relay) {
+	routes := make([]any, 0, len(cfg.Relay.Routes))
+	addrs := r.Addrs()
+	for i, rt := range cfg.Relay.Routes {
+		attrs := []any{slog.String("proto", string(rt.Proto)), slog.String("listen", rt.Listen), slog.String("upstream", rt.Upstream)}
+		if i < len(addrs) {
+			attrs = append(attrs, slog.String("bound", addrs[i].String()))
+		}
+		switch rt.Proto {
+		case relay.UDP:
+			o := rt.UDP
+			attrs = append(attrs, slog.String("role", string(o.Role)), slog.Duration("heartbeat_interval", o.Heartbeat.Interval),
+				slog.String("payload", o.Payload.String()), slog.String("reply", o.Reply.String()), slog.Int("ttl", o.TTL),
+				slog.Int("dead_after", o.Heartbeat.DeadAfter), slog.Duration("flow_idle_timeout", o.FlowIdleTimeout), slog.Int("max_flows", o.MaxFlows))
+		case relay.TCP:
+			o := rt.TCP
+			attrs = append(attrs, slog.Duration("keepalive_idle", o.Keepalive.Idle), slog.Duration("keepalive_interval", o.Keepalive.Interval),
+				slog.Int("keepalive_count", o.Keepalive.Count), slog.Duration("user_timeout", o.UserTimeout),
+				slog.Duration("connect_timeout", o.ConnectTimeout), slog.Int("max_conns", o.MaxConns))
+		}
+		routes = append(routes, slog.Group(fmt.Sprintf("route%d", i+1), attrs...))
+	}
+	log.Info("natkeep started", append([]any{"version", versionString(), "admin", cfg.AdminAddr,
+		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.Relay.DrainTimeout}, routes...)...)
+}

@@ -1,0 +1,381 @@
+package keepalive
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"net/netip"
+)
+
+// This file is a minimal STUN codec (RFC 5389, RFC 8489): just enough to
+// send a Binding Request as a heartbeat, to answer one, and to read the
+// mapped address out of a Binding Success Response. It works on caller-owned
+// byte slices and never allocates on the parse path, because it runs for
+// every datagram that crosses the relay.
+
+// MagicCookie is the fixed STUN magic cookie (RFC 5389 section 6); it tells STUN apart from other traffic on the same port.
+const MagicCookie = 0x2112A442
+
+// STUNHeaderLen is the length of a STUN message header, which every STUN message starts with.
+const STUNHeaderLen = 20
+
+// Message types, attribute types and sizes used by the codec.
+const (
+	stunTypeBindingRequest = 0x0001
+	stunTypeBindingSuccess = 0x0101
+
+	stunAttrMappedAddress          = 0x0001
+	stunAttrXORMappedAddress       = 0x0020
+	stunAttrXORMappedAddressOld    = 0x8020 // pre-RFC 5389 drafts; some old servers still send it
+	stunAttrMessageIntegrity       = 0x0008
+	stunAttrMessageIntegritySHA256 = 0x001C
+	stunAttrFingerprint            = 0x8028
+
+	stunAttrHeaderLen  = 4
+	stunFingerprintLen = stunAttrHeaderLen + 4
+	stunFingerprintXOR = 0x5354554e // "STUN", RFC 5389 section 15.5
+
+	stunFamilyIPv4 = 0x01
+	stunFamilyIPv6 = 0x02
+)
+
+// Sentinel errors. The parse functions return these values unwrapped, so
+// that a failed parse costs no allocation and callers can compare with ==
+// or errors.Is.
+var (
+	// ErrNotSTUN reports a datagram that is not a STUN message at all (wrong leading bits, magic cookie or length), so the relay can pass it on as application data.
+	ErrNotSTUN = errors.New("keepalive: not a STUN message")
+	// ErrTruncated reports a message cut short: smaller than its header says, or with an attribute running past its end.
+	ErrTruncated = errors.New("keepalive: truncated STUN message")
+	// ErrBadFingerprint reports a FINGERPRINT that is wrong, misplaced or, where one is required, missing; such a message may be application data that happens to look like STUN.
+	ErrBadFingerprint = errors.New("keepalive: bad STUN fingerprint")
+	// ErrWrongType reports a well-formed STUN message of a type other than the one asked for.
+	ErrWrongType = errors.New("keepalive: unexpected STUN message type")
+	// ErrBadAttribute reports an address attribute with an unknown family or a length that does not fit it.
+	ErrBadAttribute = errors.New("keepalive: malformed STUN attribute")
+)
+
+// TxID is a 96-bit STUN transaction ID, which pairs a response with its request.
+type TxID [12]byte
+
+// NewTxID returns a random transaction ID from crypto/rand, so that an
+// off-path attacker cannot guess it and forge a response with a false mapped
+// address. It is safe for concurrent use and does not allocate (the race
+// detector makes crypto/rand allocate once per call; normal builds do not).
+func NewTxID() TxID {
+	var id TxID
+	// crypto/rand.Read never fails (Go 1.24+) and keeps id on the stack.
+	_, _ = rand.Read(id[:])
+	return id
+}
+
+// stunAppendHeader appends a STUN header whose length field is bodyLen.
+func stunAppendHeader(dst []byte, typ uint16, bodyLen int, id TxID) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, typ)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(bodyLen))
+	dst = binary.BigEndian.AppendUint32(dst, MagicCookie)
+	return append(dst, id[:]...)
+}
+
+// stunAppendFingerprint appends a FINGERPRINT attribute to msg, the complete
+// message so far, whose header length field must already count it.
+func stunAppendFingerprint(dst []byte, msg []byte) []byte {
+	crc := crc32.ChecksumIEEE(msg) ^ stunFingerprintXOR
+	dst = binary.BigEndian.AppendUint16(dst, stunAttrFingerprint)
+	dst = binary.BigEndian.AppendUint16(dst, 4)
+	return binary.BigEndian.AppendUint32(dst, crc)
+}
+
+// AppendBindingRequest appends a Binding Request with a FINGERPRINT to dst
+// and returns the extended slice; the fingerprint lets the far end tell our
+// heartbeat from application data. It does not allocate when dst has room
+// for 28 more bytes.
+func AppendBindingRequest(dst []byte, id TxID) []byte {
+	start := len(dst)
+	dst = stunAppendHeader(dst, stunTypeBindingRequest, stunFingerprintLen, id)
+	return stunAppendFingerprint(dst, dst[start:])
+}
+
+// AppendBindingSuccess appends a Binding Success Response carrying
+// XOR-MAPPED-ADDRESS for mapped, and a FINGERPRINT, to dst and returns the
+// extended slice. An IPv4-mapped IPv6 address is sent as IPv4 so that an
+// endpoint has one wire form, the one ParseBindingResponse returns; the zone
+// is dropped, as it means nothing off this host. If mapped is not valid, the
+// response carries no address attribute.
+func AppendBindingSuccess(dst []byte, id TxID, mapped netip.AddrPort) []byte {
+	start := len(dst)
+	addr := mapped.Addr().Unmap()
+	attrLen := 0
+	switch {
+	case !mapped.IsValid():
+	case addr.Is4():
+		attrLen = 8
+	default:
+		attrLen = 20
+	}
+	bodyLen := stunFingerprintLen
+	if attrLen > 0 {
+		bodyLen += stunAttrHeaderLen + attrLen
+	}
+	dst = stunAppendHeader(dst, stunTypeBindingSuccess, bodyLen, id)
+	if attrLen > 0 {
+		dst = binary.BigEndian.AppendUint16(dst, stunAttrXORMappedAddress)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(attrLen))
+		family := byte(stunFamilyIPv4)
+		if attrLen == 20 {
+			family = stunFamilyIPv6
+		}
+		dst = append(dst, 0, family)
+		dst = binary.BigEndian.AppendUint16(dst, mapped.Port()^(MagicCookie>>16))
+		ip := addr.As16()
+		raw := ip[:]
+		if family == stunFamilyIPv4 {
+			raw = ip[12:]
+		}
+		key := stunXORKey(id)
+		for i, c := range raw {
+			dst = append(dst, c^key[i])
+		}
+	}
+	return stunAppendFingerprint(dst, dst[start:])
+}
+
+// stunXORKey returns the magic cookie followed by the transaction ID, the key
+// that XOR-MAPPED-ADDRESS is obscured with (RFC 5389 section 15.2) so that
+// NATs rewriting addresses in payloads leave it alone.
+func stunXORKey(id TxID) [16]byte {
+	var k [16]byte
+	binary.BigEndian.PutUint32(k[:4], MagicCookie)
+	copy(k[4:], id[:])
+	return k
+}
+
+// stunCheckHeader validates the fixed header, telling a datagram that is not
+// STUN apart from one that was cut short.
+func stunCheckHeader(b []byte) error {
+	if len(b) < STUNHeaderLen {
+		return ErrTruncated
+	}
+	if b[0]&0xC0 != 0 || binary.BigEndian.Uint32(b[4:8]) != MagicCookie {
+		return ErrNotSTUN
+	}
+	n := int(binary.BigEndian.Uint16(b[2:4]))
+	switch {
+	case n%4 != 0:
+		return ErrNotSTUN
+	case n > len(b)-STUNHeaderLen:
+		return ErrTruncated
+	case n < len(b)-STUNHeaderLen:
+		// Trailing bytes: not a single STUN message.
+		return ErrNotSTUN
+	}
+	return nil
+}
+
+// LooksLikeSTUN reports whether b has a plausible STUN header: at least 20
+// bytes, top two bits zero, the magic cookie, and a length field that is a
+// multiple of 4 and accounts for exactly the rest of b. It is the cheap
+// first test the relay runs on every datagram.
+func LooksLikeSTUN(b []byte) bool {
+	return stunCheckHeader(b) == nil
+}
+
+// PeekTxID returns the message type and transaction ID of anything that
+// passes LooksLikeSTUN, so the relay can match responses to its requests
+// without a full parse; ok is false otherwise.
+func PeekTxID(b []byte) (typ uint16, id TxID, ok bool) {
+	if !LooksLikeSTUN(b) {
+		return 0, TxID{}, false
+	}
+	copy(id[:], b[8:STUNHeaderLen])
+	return binary.BigEndian.Uint16(b[0:2]), id, true
+}
+
+// stunAttrIter walks the attributes of a message whose header has passed
+// stunCheckHeader.
+type stunAttrIter struct {
+	msg []byte // the whole message
+	off int    // offset of the next attribute header
+}
+
+// next returns the next attribute's type, value and offset of its header.
+// done is true at the end of the message; err is ErrTruncated if the
+// attribute runs past the end.
+func (it *stunAttrIter) next() (typ uint16, val []byte, at int, done bool, err error) {
+	at = it.off
+	if len(it.msg)-at < stunAttrHeaderLen {
+		// stunCheckHeader guarantees a multiple of 4 bytes remain, so
+		// this is the clean end of the message.
+		return 0, nil, at, true, nil
+	}
+	typ = binary.BigEndian.Uint16(it.msg[at:])
+	n := int(binary.BigEndian.Uint16(it.msg[at+2:]))
+	padded := (n + 3) &^ 3
+	start := at + stunAttrHeaderLen
+	if padded > len(it.msg)-start {
+		return 0, nil, at, false, ErrTruncated
+	}
+	it.off = start + padded
+	return typ, it.msg[start : start+n], at, false, nil
+}
+
+// stunCheckFingerprint verifies a FINGERPRINT attribute whose header starts at
+// offset at of msg: it must be the last attribute and hold the CRC-32 of
+// everything before it, XORed with "STUN".
+func stunCheckFingerprint(msg []byte, at int, val []byte) error {
+	if len(val) != 4 || at+stunFingerprintLen != len(msg) {
+		return ErrBadFingerprint
+	}
+	if crc32.ChecksumIEEE(msg[:at])^stunFingerprintXOR != binary.BigEndian.Uint32(val) {
+		return ErrBadFingerprint
+	}
+	return nil
+}
+
+// ParseBindingRequest returns the transaction ID of b if it is a
+// well-formed Binding Request ending in a valid FINGERPRINT. The fingerprint
+// is required so that application data that merely looks like STUN is not
+// answered as a heartbeat.
+func ParseBindingRequest(b []byte) (TxID, error) {
+	if err := stunCheckHeader(b); err != nil {
+		return TxID{}, err
+	}
+	if binary.BigEndian.Uint16(b[0:2]) != stunTypeBindingRequest {
+		return TxID{}, ErrWrongType
+	}
+	it := stunAttrIter{msg: b, off: STUNHeaderLen}
+	for {
+		typ, val, at, done, err := it.next()
+		if err != nil {
+			return TxID{}, err
+		}
+		if done {
+			return TxID{}, ErrBadFingerprint // no FINGERPRINT
+		}
+		if typ == stunAttrFingerprint {
+			if err := stunCheckFingerprint(b, at, val); err != nil {
+				return TxID{}, err
+			}
+			var id TxID
+			copy(id[:], b[8:STUNHeaderLen])
+			return id, nil
+		}
+	}
+}
+
+// BindingResponse is a parsed Binding Success Response: the transaction ID
+// to match against the request, and the reflexive address the server saw.
+type BindingResponse struct {
+	// ID is the transaction ID of the request being answered.
+	ID TxID
+	// Mapped is the address and port the server saw the request come from; IPv4-mapped IPv6 addresses are reported as IPv4.
+	Mapped netip.AddrPort
+	// HasMapped is false if the response carried no address attribute.
+	HasMapped bool
+}
+
+// ParseBindingResponse parses a Binding Success Response. It takes the
+// address from XOR-MAPPED-ADDRESS (also under its old code 0x8020) and falls
+// back to MAPPED-ADDRESS for old servers. A FINGERPRINT, when present, must
+// be last and valid. MESSAGE-INTEGRITY and unknown attributes are skipped,
+// and, as RFC 5389 section 15.4 requires, so is everything after
+// MESSAGE-INTEGRITY except FINGERPRINT. It does not allocate and does not
+// panic on any input.
+func ParseBindingResponse(b []byte) (BindingResponse, error) {
+	var r BindingResponse
+	if err := stunCheckHeader(b); err != nil {
+		return r, err
+	}
+	if binary.BigEndian.Uint16(b[0:2]) != stunTypeBindingSuccess {
+		return r, ErrWrongType
+	}
+	copy(r.ID[:], b[8:STUNHeaderLen])
+	var (
+		xorAddr, plainAddr netip.AddrPort
+		hasXOR, hasPlain   bool
+		afterIntegrity     bool
+	)
+	it := stunAttrIter{msg: b, off: STUNHeaderLen}
+	for {
+		typ, val, at, done, err := it.next()
+		if err != nil {
+			return BindingResponse{}, err
+		}
+		if done {
+			break
+		}
+		if typ == stunAttrFingerprint {
+			if err := stunCheckFingerprint(b, at, val); err != nil {
+				return BindingResponse{}, err
+			}
+			break
+		}
+		if afterIntegrity {
+			continue
+		}
+		switch typ {
+		case stunAttrXORMappedAddress, stunAttrXORMappedAddressOld:
+			if hasXOR {
+				continue // first one wins
+			}
+			ap, err := stunDecodeAddress(val, true, r.ID)
+			if err != nil {
+				return BindingResponse{}, err
+			}
+			xorAddr, hasXOR = ap, true
+		case stunAttrMappedAddress:
+			if hasPlain {
+				continue
+			}
+			ap, err := stunDecodeAddress(val, false, r.ID)
+			if err != nil {
+				return BindingResponse{}, err
+			}
+			plainAddr, hasPlain = ap, true
+		case stunAttrMessageIntegrity, stunAttrMessageIntegritySHA256:
+			afterIntegrity = true
+		}
+	}
+	switch {
+	case hasXOR:
+		r.Mapped, r.HasMapped = xorAddr, true
+	case hasPlain:
+		r.Mapped, r.HasMapped = plainAddr, true
+	}
+	return r, nil
+}
+
+// stunDecodeAddress decodes a MAPPED-ADDRESS value, or an XOR-MAPPED-ADDRESS
+// one when xor is set. IPv4-mapped IPv6 addresses come back as IPv4 so that
+// the same endpoint always compares equal, whichever way a server spelled it.
+func stunDecodeAddress(val []byte, xor bool, id TxID) (netip.AddrPort, error) {
+	if len(val) < 4 {
+		return netip.AddrPort{}, ErrBadAttribute
+	}
+	port := binary.BigEndian.Uint16(val[2:4])
+	var key [16]byte
+	if xor {
+		port ^= MagicCookie >> 16
+		key = stunXORKey(id)
+	}
+	raw := val[4:]
+	var addr netip.Addr
+	switch {
+	case val[1] == stunFamilyIPv4 && len(raw) == 4:
+		var ip [4]byte
+		for i := range ip {
+			ip[i] = raw[i] ^ key[i]
+		}
+		addr = netip.AddrFrom4(ip)
+	case val[1] == stunFamilyIPv6 && len(raw) == 16:
+		var ip [16]byte
+		for i := range ip {
+			ip[i] = raw[i] ^ key[i]
+		}
+		addr = netip.AddrFrom16(ip).Unmap()
+	default:
+		return netip.AddrPort{}, ErrBadAttribute
+	}
+	return netip.AddrPortFrom(addr, port), nil
+}

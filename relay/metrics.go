@@ -1,0 +1,165 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are natkeep's Prometheus collectors. Vectors are labelled by route
+// (and protocol); each route resolves its children once at start, so the
+// per-datagram path touches only pre-resolved counters, never a label map.
+type Metrics struct {
+	flowsActive     *prometheus.GaugeVec
+	flowsCreated    *prometheus.CounterVec
+	flowsExpired    *prometheus.CounterVec
+	flowsRefused    *prometheus.CounterVec
+	datagrams       *prometheus.CounterVec
+	bytes           *prometheus.CounterVec
+	drops           *prometheus.CounterVec
+	heartbeats      *prometheus.CounterVec
+	replies         *prometheus.CounterVec
+	rtt             *prometheus.HistogramVec
+	deadPeers       *prometheus.CounterVec
+	revivedPeers    *prometheus.CounterVec
+	rebinds         *prometheus.CounterVec
+	mappingChanges  *prometheus.CounterVec
+	stunAnswered    *prometheus.CounterVec
+	connsActive     *prometheus.GaugeVec
+	connsTotal      *prometheus.CounterVec
+	connEnds        *prometheus.CounterVec
+	tcpBytes        *prometheus.CounterVec
+	dialSeconds     *prometheus.HistogramVec
+	listenerUp      *prometheus.GaugeVec
+	resolveFailures *prometheus.CounterVec
+}
+
+// NewMetrics creates the collectors and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	route := []string{"route", "proto"}
+	cv := func(name, help string, extra ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "natkeep", Name: name, Help: help}, append(route[:2:2], extra...))
+	}
+	gv := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "natkeep", Name: name, Help: help}, route)
+	}
+	m := &Metrics{
+		flowsActive:     gv("udp_flows_active", "UDP flows currently open."),
+		flowsCreated:    cv("udp_flows_created_total", "UDP flows created."),
+		flowsExpired:    cv("udp_flows_expired_total", "UDP flows forgotten after the idle timeout."),
+		flowsRefused:    cv("udp_flows_refused_total", "New UDP flows refused because the route is at its flow limit."),
+		datagrams:       cv("udp_datagrams_total", "Application datagrams relayed, by direction (upstream = client to server).", "direction"),
+		bytes:           cv("udp_bytes_total", "Application payload bytes relayed, by direction.", "direction"),
+		drops:           cv("udp_drops_total", "Datagrams not relayed, by reason.", "reason"),
+		heartbeats:      cv("udp_heartbeats_sent_total", "Heartbeats sent upstream."),
+		replies:         cv("udp_heartbeat_replies_total", "Heartbeat replies received and consumed."),
+		rtt:             prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "natkeep", Name: "udp_heartbeat_rtt_seconds", Help: "Round-trip time of answered heartbeats.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, route),
+		deadPeers:       cv("udp_dead_peers_total", "Flows whose peer was declared dead after missed heartbeat replies."),
+		revivedPeers:    cv("udp_revived_peers_total", "Dead peers that answered again."),
+		rebinds:         cv("udp_rebinds_total", "Upstream sockets replaced with a fresh local port (new NAT mapping)."),
+		mappingChanges:  cv("udp_nat_mapping_changes_total", "STUN XOR-MAPPED-ADDRESS changes between replies (NAT rebinding)."),
+		stunAnswered:    cv("udp_stun_requests_answered_total", "STUN Binding Requests answered by a responder route."),
+		connsActive:     gv("tcp_connections_active", "TCP connections currently proxied."),
+		connsTotal:      cv("tcp_connections_total", "TCP connections accepted."),
+		connEnds:        cv("tcp_connection_ends_total", "TCP connections ended, by reason.", "reason"),
+		tcpBytes:        cv("tcp_bytes_total", "TCP payload bytes proxied, by direction.", "direction"),
+		dialSeconds:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "natkeep", Name: "tcp_dial_seconds", Help: "Upstream TCP connect latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, route),
+		listenerUp:      gv("listener_up", "1 while the route's listener is bound."),
+		resolveFailures: cv("resolve_failures_total", "Failed DNS resolutions of the upstream name."),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{
+			m.flowsActive, m.flowsCreated, m.flowsExpired, m.flowsRefused, m.datagrams, m.bytes,
+			m.drops, m.heartbeats, m.replies, m.rtt, m.deadPeers, m.revivedPeers, m.rebinds,
+			m.mappingChanges, m.stunAnswered, m.connsActive, m.connsTotal, m.connEnds, m.tcpBytes,
+			m.dialSeconds, m.listenerUp, m.resolveFailures,
+		} {
+			reg.MustRegister(c)
+		}
+	}
+	return m
+}
+
+// Drop reasons for natkeep_udp_drops_total.
+const (
+	dropFlowLimit       = "flow_limit"          // new flow refused at UDP_MAX_FLOWS
+	dropUpstreamRefused = "upstream_refused"    // ICMP port unreachable from the upstream
+	dropUpstreamError   = "upstream_error"      // other send/receive error on the upstream socket
+	dropClientError     = "client_error"        // sending to the client failed
+	dropUnresolved      = "upstream_unresolved" // no upstream address known yet
+	dropFlowSetup       = "flow_setup"          // could not open the flow's upstream socket
+	dropStrayReply      = "stray_stun_reply"    // STUN response to a heartbeat we no longer track
+)
+
+// udpStats are one UDP route's collectors, resolved once.
+type udpStats struct {
+	flowsActive                                prometheus.Gauge
+	flowsCreated, flowsExpired, flowsRefused   prometheus.Counter
+	dgUp, dgDown, bytesUp, bytesDown           prometheus.Counter
+	dropUpRefused, dropUpErr, dropClientErr    prometheus.Counter
+	dropUnresolved, dropSetup, dropStray       prometheus.Counter
+	heartbeats, replies                        prometheus.Counter
+	rtt                                        prometheus.Observer
+	dead, revived, rebinds, mapChanges, stunOK prometheus.Counter
+	listenerUp                                 prometheus.Gauge
+	resolveFailures                            prometheus.Counter
+}
+
+func (m *Metrics) udp(route string) *udpStats {
+	l := prometheus.Labels{"route": route, "proto": "udp"}
+	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, "udp", reason) }
+	// Create the flow-limit child too, so it reads 0 instead of being absent.
+	m.flowsRefused.With(l)
+	drop(dropFlowLimit)
+	return &udpStats{
+		flowsActive: m.flowsActive.With(l), flowsCreated: m.flowsCreated.With(l),
+		flowsExpired: m.flowsExpired.With(l), flowsRefused: m.flowsRefused.With(l),
+		dgUp: m.datagrams.WithLabelValues(route, "udp", "upstream"), dgDown: m.datagrams.WithLabelValues(route, "udp", "downstream"),
+		bytesUp: m.bytes.WithLabelValues(route, "udp", "upstream"), bytesDown: m.bytes.WithLabelValues(route, "udp", "downstream"),
+		dropUpRefused: drop(dropUpstreamRefused), dropUpErr: drop(dropUpstreamError), dropClientErr: drop(dropClientError),
+		dropUnresolved: drop(dropUnresolved), dropSetup: drop(dropFlowSetup), dropStray: drop(dropStrayReply),
+		heartbeats: m.heartbeats.With(l), replies: m.replies.With(l), rtt: m.rtt.With(l),
+		dead: m.deadPeers.With(l), revived: m.revivedPeers.With(l), rebinds: m.rebinds.With(l),
+		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l),
+		listenerUp: m.listenerUp.With(l), resolveFailures: m.resolveFailures.With(l),
+	}
+}
+
+// TCP connection end reasons for natkeep_tcp_connection_ends_total.
+const (
+	endClientClosed     = "client_closed"
+	endUpstreamClosed   = "upstream_closed"
+	endKeepaliveTimeout = "keepalive_timeout"
+	endUserTimeout      = "user_timeout"
+	endClientReset      = "client_reset"
+	endUpstreamReset    = "upstream_reset"
+	endDialError        = "dial_error"
+	endLimit            = "conn_limit"
+	endDrain            = "drain_timeout"
+	endError            = "error"
+)
+
+var endReasons = []string{endClientClosed, endUpstreamClosed, endKeepaliveTimeout, endUserTimeout,
+	endClientReset, endUpstreamReset, endDialError, endLimit, endDrain, endError}
+
+// tcpStats are one TCP route's collectors, resolved once.
+type tcpStats struct {
+	active           prometheus.Gauge
+	total            prometheus.Counter
+	ends             map[string]prometheus.Counter // read-only after creation
+	bytesUp, bytesDn prometheus.Counter
+	dial             prometheus.Observer
+	listenerUp       prometheus.Gauge
+	resolveFailures  prometheus.Counter
+}
+
+func (m *Metrics) tcp(route string) *tcpStats {
+	l := prometheus.Labels{"route": route, "proto": "tcp"}
+	s := &tcpStats{
+		active: m.connsActive.With(l), total: m.connsTotal.With(l), ends: map[string]prometheus.Counter{},
+		bytesUp: m.tcpBytes.WithLabelValues(route, "tcp", "upstream"), bytesDn: m.tcpBytes.WithLabelValues(route, "tcp", "downstream"),
+		dial: m.dialSeconds.With(l), listenerUp: m.listenerUp.With(l), resolveFailures: m.resolveFailures.With(l),
+	}
+	for _, r := range endReasons {
+		s.ends[r] = m.connEnds.WithLabelValues(route, "tcp", r)
+	}
+	return s
+}

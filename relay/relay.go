@@ -1,0 +1,158 @@
+// Package relay moves bytes: it owns the UDP flows and TCP connections of
+// every route, relays them to their upstreams and applies the heartbeat and
+// keepalive rules that keep NAT mappings alive. It takes plain Go values and
+// a *slog.Logger; it never reads the environment.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Relay runs every configured route.
+type Relay struct {
+	cfg      Config
+	log      *slog.Logger
+	udp      []*udpRoute
+	tcp      []*tcpRoute
+	addrs    []net.Addr
+	ctx      context.Context
+	cancel   context.CancelFunc
+	ready    atomic.Bool
+	draining atomic.Bool
+	once     sync.Once
+}
+
+// New builds a relay for cfg; nothing is bound until Start. A nil Metrics
+// gets unregistered collectors.
+func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	if cfg.ResolveInterval <= 0 {
+		cfg.ResolveInterval = 30 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Relay{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
+	for _, rt := range cfg.Routes {
+		rlog := log.With("route", rt.Name)
+		switch rt.Proto {
+		case UDP:
+			u, err := newUDPRoute(ctx, rt, cfg.ResolveInterval, rlog, m)
+			if err != nil {
+				cancel()
+				return nil, fmt.Errorf("route %q: %w", rt.Name, err)
+			}
+			r.udp = append(r.udp, u)
+		case TCP:
+			t, err := newTCPRoute(ctx, rt, cfg.ResolveInterval, rlog, m)
+			if err != nil {
+				cancel()
+				return nil, fmt.Errorf("route %q: %w", rt.Name, err)
+			}
+			r.tcp = append(r.tcp, t)
+		default:
+			cancel()
+			return nil, fmt.Errorf("route %q: unknown protocol %q", rt.Name, rt.Proto)
+		}
+	}
+	return r, nil
+}
+
+// Start binds every listener and starts relaying. If any listener cannot be
+// bound, the ones already bound are closed and the error names the route.
+func (r *Relay) Start() error {
+	for _, u := range r.udp {
+		if err := u.listen(r.ctx); err != nil {
+			r.Close()
+			return fmt.Errorf("route %q: listen udp %s: %w", u.route.Name, u.route.Listen, err)
+		}
+		r.addrs = append(r.addrs, u.ln.LocalAddr())
+	}
+	for _, t := range r.tcp {
+		if err := t.listen(r.ctx); err != nil {
+			r.Close()
+			return fmt.Errorf("route %q: listen tcp %s: %w", t.route.Name, t.route.Listen, err)
+		}
+		r.addrs = append(r.addrs, t.ln.Addr())
+	}
+	for _, u := range r.udp {
+		u.start()
+	}
+	for _, t := range r.tcp {
+		t.start()
+	}
+	r.ready.Store(true)
+	return nil
+}
+
+// Addrs returns the bound listener addresses: UDP routes first, then TCP,
+// each in configuration order.
+func (r *Relay) Addrs() []net.Addr { return r.addrs }
+
+// Ready reports whether every listener is bound and the relay is not draining.
+func (r *Relay) Ready() bool { return r.ready.Load() && !r.draining.Load() }
+
+// Shutdown drains: it stops accepting and ends UDP flows at once, then lets
+// open TCP connections finish until ctx is done, and resets the rest.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.draining.Store(true)
+	for _, t := range r.tcp {
+		t.stopAccepting()
+	}
+	for _, u := range r.udp {
+		u.close()
+	}
+	var left int
+	for _, t := range r.tcp {
+		left += t.drain(ctx)
+	}
+	r.Close()
+	if left > 0 {
+		return fmt.Errorf("drain timeout: %d TCP connections reset: %w", left, context.DeadlineExceeded)
+	}
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// Close stops everything at once.
+func (r *Relay) Close() {
+	r.once.Do(func() {
+		r.draining.Store(true)
+		r.cancel()
+		for _, u := range r.udp {
+			u.close()
+		}
+		for _, t := range r.tcp {
+			t.close()
+		}
+	})
+}
+
+// Stats is a snapshot of open flows and connections, for tests and logs.
+type Stats struct {
+	UDPFlows, TCPConns int
+}
+
+// Stats returns the current number of open flows and connections.
+func (r *Relay) Stats() Stats {
+	var s Stats
+	for _, u := range r.udp {
+		s.UDPFlows += u.flowCount()
+	}
+	for _, t := range r.tcp {
+		s.TCPConns += t.connCount()
+	}
+	return s
+}

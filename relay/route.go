@@ -1,0 +1,63 @@
+package relay
+
+import (
+	"time"
+
+	"github.com/natkeep/natkeep/keepalive"
+	"github.com/natkeep/natkeep/sockopt"
+)
+
+// Proto is a route's transport protocol.
+type Proto string
+
+// Supported protocols.
+const (
+	UDP Proto = "udp"
+	TCP Proto = "tcp"
+)
+
+// Role says what a UDP route does with heartbeats.
+type Role string
+
+// UDP route roles.
+const (
+	RoleClient    Role = "client"    // send heartbeats upstream
+	RoleResponder Role = "responder" // answer STUN Binding Requests from clients, never forward them
+)
+
+// Route is one listener and the upstream it relays to.
+type Route struct {
+	Name     string // the route as configured, for logs and metric labels
+	Proto    Proto
+	Listen   string // host:port to bind
+	Upstream string // host:port; the host may be a DNS name
+	UDP      UDPOptions
+	TCP      TCPOptions
+}
+
+// UDPOptions tune a UDP route.
+type UDPOptions struct {
+	Role            Role
+	Heartbeat       keepalive.Schedule
+	Payload         keepalive.Payload
+	Reply           keepalive.Reply
+	TTL             int           // IP TTL / hop limit of heartbeats only; 0 = the socket's default
+	FlowIdleTimeout time.Duration // forget a flow after this long without application traffic
+	MaxFlows        int
+	ReadBuffer      int // SO_RCVBUF of the listening socket; 0 = kernel default
+}
+
+// TCPOptions tune a TCP route.
+type TCPOptions struct {
+	Keepalive      sockopt.Keepalive // Idle 0 = leave kernel keepalive off
+	UserTimeout    time.Duration     // TCP_USER_TIMEOUT; 0 = off
+	ConnectTimeout time.Duration
+	MaxConns       int // 0 = unlimited
+}
+
+// Config is everything the relay needs besides the logger and metrics.
+type Config struct {
+	Routes          []Route
+	ResolveInterval time.Duration // how often upstream DNS names are re-resolved
+	DrainTimeout    time.Duration
+}

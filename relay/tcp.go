@@ -1,0 +1,378 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/natkeep/natkeep/sockopt"
+)
+
+// tcpRoute proxies one TCP listener to its upstream.
+type tcpRoute struct {
+	route           Route
+	opt             TCPOptions
+	log             *slog.Logger
+	st              *tcpStats
+	up              *upstream
+	ln              *net.TCPListener
+	ctx             context.Context
+	resolveInterval time.Duration
+
+	mu        sync.Mutex
+	conns     map[*proxyConn]struct{}
+	accepting bool
+	idle      chan struct{} // closed when conns empties while draining
+
+	wg      sync.WaitGroup // accept loop, resolver and every connection
+	warnLog logLimiter
+}
+
+// testHookProxying lets tests inspect both sockets of a connection once
+// its options are set; nil outside tests.
+var testHookProxying func(client, upstream *net.TCPConn)
+
+// proxyConn is one proxied connection: the accepted socket and the dialed one.
+type proxyConn struct {
+	client, upstream *net.TCPConn
+	start            time.Time
+}
+
+func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*tcpRoute, error) {
+	st := m.tcp(r.Name)
+	up, err := newUpstream(r.Upstream, log, st.resolveFailures)
+	if err != nil {
+		return nil, err
+	}
+	return &tcpRoute{
+		route: r, opt: r.TCP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
+		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
+	}, nil
+}
+
+func (t *tcpRoute) listen(ctx context.Context) error {
+	// KeepAlive -1: Go would otherwise enable its own 15 s keepalive on
+	// accepted sockets; natkeep sets every option itself.
+	lc := net.ListenConfig{KeepAlive: -1}
+	l, err := lc.Listen(ctx, "tcp", t.route.Listen)
+	if err != nil {
+		return err
+	}
+	t.ln = l.(*net.TCPListener)
+	t.accepting = true
+	t.st.listenerUp.Set(1)
+	return nil
+}
+
+func (t *tcpRoute) start() {
+	_ = t.up.resolve(t.ctx) // a failure is logged inside; the resolver loop keeps trying
+	t.wg.Add(2)
+	go func() { defer t.wg.Done(); t.up.run(t.ctx, t.resolveInterval) }()
+	go func() { defer t.wg.Done(); t.acceptLoop() }()
+}
+
+// acceptLoop accepts until the listener closes. Errors such as EMFILE back
+// off exponentially (5 ms to 1 s) instead of spinning a core.
+func (t *tcpRoute) acceptLoop() {
+	var backoff time.Duration
+	for {
+		c, err := t.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t.warn("accept failed; backing off", "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-t.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		pc := &proxyConn{client: c, start: time.Now()}
+		t.mu.Lock()
+		full := t.opt.MaxConns > 0 && len(t.conns) >= t.opt.MaxConns
+		if !full {
+			t.conns[pc] = struct{}{}
+			t.wg.Add(1)
+		}
+		t.mu.Unlock()
+		t.st.total.Inc()
+		if full {
+			resetClose(c)
+			t.st.ends[endLimit].Inc()
+			t.warn("TCP connection refused: route at its connection limit", "client", c.RemoteAddr(), "max_conns", t.opt.MaxConns)
+			continue
+		}
+		t.st.active.Inc()
+		go t.serve(pc)
+	}
+}
+
+// applyOptions sets keepalive and TCP_USER_TIMEOUT on one socket. Accepted
+// sockets do not inherit TCP_USER_TIMEOUT, so both sides get it here.
+func (t *tcpRoute) applyOptions(c *net.TCPConn) error {
+	if t.opt.Keepalive.Idle > 0 {
+		if err := sockopt.SetKeepalive(c, t.opt.Keepalive); err != nil {
+			return err
+		}
+	}
+	if t.opt.UserTimeout > 0 {
+		if err := sockopt.SetUserTimeout(c, t.opt.UserTimeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serve dials the upstream and copies both ways until both sides are done.
+func (t *tcpRoute) serve(pc *proxyConn) {
+	defer t.wg.Done()
+	defer t.forget(pc)
+	client := pc.client
+	if err := t.applyOptions(client); err != nil {
+		t.warn("cannot set socket options on client connection", "err", err)
+	}
+	addr, ok := t.up.Addr()
+	if !ok {
+		resetClose(client)
+		t.end(pc, endDialError, 0, 0, errUnresolved)
+		return
+	}
+	d := net.Dialer{Timeout: t.opt.ConnectTimeout, KeepAlive: -1}
+	dialStart := time.Now()
+	c, err := d.DialContext(t.ctx, "tcp", addr.String())
+	if err != nil {
+		// Reset, not FIN: the app must see a failure, not an empty reply.
+		resetClose(client)
+		t.end(pc, endDialError, 0, 0, err)
+		return
+	}
+	t.st.dial.Observe(time.Since(dialStart).Seconds())
+	up := c.(*net.TCPConn)
+	t.mu.Lock()
+	pc.upstream = up
+	t.mu.Unlock()
+	if err := t.applyOptions(up); err != nil {
+		t.warn("cannot set socket options on upstream connection", "err", err)
+	}
+	if testHookProxying != nil {
+		testHookProxying(client, up)
+	}
+	reason, upN, downN, err := proxyCopy(client, up)
+	t.end(pc, reason, upN, downN, err)
+}
+
+// copyResult is one direction's outcome.
+type copyResult struct {
+	toUpstream bool
+	n          int64
+	err        error
+}
+
+// proxyCopy copies both ways with io.Copy on the bare *net.TCPConns, so the
+// kernel splices. A clean EOF is passed on as a half-close (CloseWrite);
+// a failure of either side resets the other at once, so the application
+// sees the failure instead of an ordinary close. It returns why the
+// connection ended and the bytes moved each way.
+func proxyCopy(client, up *net.TCPConn) (reason string, toUp, toDown int64, err error) {
+	results := make(chan copyResult, 2)
+	go func() {
+		n, err := io.Copy(up, client)
+		results <- copyResult{toUpstream: true, n: n, err: err}
+	}()
+	go func() {
+		n, err := io.Copy(client, up)
+		results <- copyResult{toUpstream: false, n: n, err: err}
+	}()
+	var failed bool
+	for range 2 {
+		r := <-results
+		if r.toUpstream {
+			toUp = r.n
+		} else {
+			toDown = r.n
+		}
+		switch {
+		case failed:
+			// The second copy ended because we closed its sockets.
+		case r.err == nil:
+			// EOF from the source: pass the half-close on.
+			if r.toUpstream {
+				if reason == "" {
+					reason = endClientClosed
+				}
+				_ = up.CloseWrite()
+			} else {
+				if reason == "" {
+					reason = endUpstreamClosed
+				}
+				_ = client.CloseWrite()
+			}
+		default:
+			failed = true
+			err = r.err
+			reason = classify(client, up, r)
+			// Reset both: the side that failed is already dead, and the
+			// other must learn of it now, not from a later timeout.
+			resetClose(client)
+			resetClose(up)
+		}
+	}
+	if !failed {
+		client.Close()
+		up.Close()
+	}
+	return reason, toUp, toDown, err
+}
+
+// classify explains a failed copy from the sockets themselves: io.Copy's
+// error text does not say which side failed (a spliced copy reports the
+// read error of one socket as the write of the other), but the failed
+// socket is the one the kernel has moved to TCP_CLOSE.
+func classify(client, up *net.TCPConn, r copyResult) string {
+	const tcpClose = 7 // TCP_CLOSE in include/net/tcp_states.h
+	ci, cerr := sockopt.GetTCPInfo(client)
+	ui, uerr := sockopt.GetTCPInfo(up)
+	var upFailed bool
+	switch {
+	case uerr == nil && ui.State == tcpClose && (cerr != nil || ci.State != tcpClose):
+		upFailed = true
+	case cerr == nil && ci.State == tcpClose && (uerr != nil || ui.State != tcpClose):
+		upFailed = false
+	default:
+		// Both or neither closed: blame the socket the copy wrote to.
+		upFailed = r.toUpstream
+	}
+	info := ci
+	if upFailed {
+		info = ui
+	}
+	switch {
+	case errors.Is(r.err, syscall.ETIMEDOUT):
+		// Unacknowledged data being retransmitted means the user timeout
+		// (or retransmission limit) fired; otherwise keepalive probes did.
+		if info.Retransmits > 0 || info.Backoff > 0 || info.Unacked > 0 {
+			return endUserTimeout
+		}
+		return endKeepaliveTimeout
+	case errors.Is(r.err, syscall.ECONNRESET), errors.Is(r.err, syscall.EPIPE):
+		if upFailed {
+			return endUpstreamReset
+		}
+		return endClientReset
+	case errors.Is(r.err, net.ErrClosed):
+		return endDrain
+	}
+	return endError
+}
+
+// resetClose closes c with SO_LINGER 0, so the peer gets a RST.
+func resetClose(c *net.TCPConn) {
+	_ = sockopt.SetLingerZero(c)
+	c.Close()
+}
+
+// end records why a connection ended.
+func (t *tcpRoute) end(pc *proxyConn, reason string, toUp, toDown int64, err error) {
+	t.st.ends[reason].Inc()
+	t.st.bytesUp.Add(float64(toUp))
+	t.st.bytesDn.Add(float64(toDown))
+	attrs := []any{"client", pc.client.RemoteAddr(), "reason", reason,
+		"duration", time.Since(pc.start).Round(time.Millisecond), "bytes_up", toUp, "bytes_down", toDown}
+	switch reason {
+	case endClientClosed, endUpstreamClosed:
+		t.log.Debug("TCP connection ended", attrs...)
+	default:
+		attrs = append(attrs, "err", err)
+		t.log.Debug("TCP connection ended", attrs...)
+		if reason == endDialError {
+			t.warn("upstream dial failed", "upstream", t.up.hostport, "err", err)
+		} else if reason != endDrain {
+			t.warn("TCP connection failed", attrs...)
+		}
+	}
+}
+
+func (t *tcpRoute) forget(pc *proxyConn) {
+	t.mu.Lock()
+	delete(t.conns, pc)
+	if len(t.conns) == 0 && t.idle != nil {
+		close(t.idle)
+		t.idle = nil
+	}
+	t.mu.Unlock()
+	t.st.active.Dec()
+}
+
+// stopAccepting closes the listener; open connections carry on.
+func (t *tcpRoute) stopAccepting() {
+	t.mu.Lock()
+	wasAccepting := t.accepting
+	t.accepting = false
+	t.mu.Unlock()
+	if wasAccepting && t.ln != nil {
+		t.ln.Close()
+		t.st.listenerUp.Set(0)
+	}
+}
+
+// drain waits for open connections until ctx is done, then resets the rest;
+// it returns how many were reset.
+func (t *tcpRoute) drain(ctx context.Context) int {
+	t.mu.Lock()
+	if len(t.conns) == 0 {
+		t.mu.Unlock()
+		return 0
+	}
+	idle := make(chan struct{})
+	t.idle = idle
+	t.mu.Unlock()
+	select {
+	case <-idle:
+		return 0
+	case <-ctx.Done():
+	}
+	return t.resetAll()
+}
+
+// resetAll resets every open connection.
+func (t *tcpRoute) resetAll() int {
+	t.mu.Lock()
+	var n int
+	for pc := range t.conns {
+		n++
+		resetClose(pc.client)
+		if pc.upstream != nil {
+			resetClose(pc.upstream)
+		}
+	}
+	t.mu.Unlock()
+	return n
+}
+
+// close stops the route at once and waits for its goroutines.
+func (t *tcpRoute) close() {
+	t.stopAccepting()
+	t.resetAll()
+	t.wg.Wait()
+}
+
+func (t *tcpRoute) connCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.conns)
+}
+
+func (t *tcpRoute) warn(msg string, args ...any) {
+	if ok, more := t.warnLog.allow(); ok {
+		t.log.Warn(msg, append(args, "suppressed", more)...)
+	}
+}

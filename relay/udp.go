@@ -1,0 +1,520 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/natkeep/natkeep/keepalive"
+	"github.com/natkeep/natkeep/sockopt"
+)
+
+// maxDatagram is one byte more than the largest UDP payload (65,527 over
+// IPv6), so a read that fills the buffer would reveal truncation.
+const maxDatagram = 65536
+
+// listenReadBuffer is the SO_RCVBUF asked for on listening sockets: one
+// socket takes every client's datagrams, so it absorbs bursts.
+const listenReadBuffer = 4 << 20
+
+// udpRoute relays one UDP listener to its upstream. The path of a datagram:
+// serveClients reads it, flowFor finds the flow, sendUpstream writes it to
+// the flow's connected socket; replies come back through serveUpstream and
+// fromUpstream to the listener.
+type udpRoute struct {
+	route Route
+	opt   UDPOptions
+	log   *slog.Logger
+	st    *udpStats
+	up    *upstream
+	ln    *net.UDPConn
+	ctx   context.Context
+
+	resolveInterval time.Duration
+
+	ttlOOB4, ttlOOB6 []byte // per-heartbeat TTL control messages, built once
+
+	mu     sync.Mutex
+	flows  map[netip.AddrPort]*flow
+	closed bool
+
+	sched  scheduler
+	wg     sync.WaitGroup
+	hbBuf  []byte // heartbeat encode buffer, used by the scheduler goroutine only
+	refuse logLimiter
+	errLog logLimiter
+}
+
+// flow is one client address and its own connected upstream socket.
+type flow struct {
+	client  netip.AddrPort
+	conn    atomic.Pointer[net.UDPConn]
+	lastOut atomic.Int64 // mono time of the last application datagram upstream
+	lastIn  atomic.Int64 // mono time of the last application datagram downstream
+	created int64
+
+	mu     sync.Mutex // guards ka, mapped, closed
+	ka     keepalive.Flow
+	mapped netip.AddrPort // last STUN XOR-MAPPED-ADDRESS
+	closed bool
+
+	wake int64 // scheduler-owned: when to service this flow next
+	idx  int   // scheduler-owned: heap index, -1 when not queued
+}
+
+func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*udpRoute, error) {
+	st := m.udp(r.Name)
+	up, err := newUpstream(r.Upstream, log, st.resolveFailures)
+	if err != nil {
+		return nil, err
+	}
+	u := &udpRoute{
+		route: r, opt: r.UDP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
+		flows:  make(map[netip.AddrPort]*flow),
+		hbBuf:  make([]byte, 0, 256),
+		refuse: logLimiter{period: 10 * time.Second},
+		errLog: logLimiter{period: 10 * time.Second},
+	}
+	if r.UDP.TTL > 0 {
+		if u.ttlOOB4, err = sockopt.TTLControl(false, r.UDP.TTL); err != nil {
+			return nil, fmt.Errorf("heartbeat ttl: %w", err)
+		}
+		if u.ttlOOB6, err = sockopt.TTLControl(true, r.UDP.TTL); err != nil {
+			return nil, fmt.Errorf("heartbeat ttl: %w", err)
+		}
+	}
+	u.sched.init()
+	return u, nil
+}
+
+// listen binds the route's socket.
+func (u *udpRoute) listen(ctx context.Context) error {
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp", u.route.Listen)
+	if err != nil {
+		return err
+	}
+	u.ln = pc.(*net.UDPConn)
+	if _, err := sockopt.SetRecvBuffer(u.ln, listenReadBuffer); err != nil {
+		u.log.Debug("could not enlarge listener receive buffer", "err", err)
+	}
+	u.st.listenerUp.Set(1)
+	return nil
+}
+
+// start resolves the upstream and starts the goroutines.
+func (u *udpRoute) start() {
+	_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
+	u.wg.Add(3)
+	go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
+	go func() { defer u.wg.Done(); u.serveClients() }()
+	go func() { defer u.wg.Done(); u.sched.run(u.ctx, u.service) }()
+}
+
+// serveClients reads datagrams from clients and relays them upstream.
+func (u *udpRoute) serveClients() {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, from, err := u.ln.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			u.logError("listener read failed", err)
+			continue
+		}
+		b := buf[:n]
+		if u.opt.Role == RoleResponder && u.answerSTUN(b, from) {
+			continue
+		}
+		f := u.flowFor(from)
+		if f == nil {
+			continue
+		}
+		f.lastOut.Store(mono())
+		u.sendUpstream(f, b)
+	}
+}
+
+// sendUpstream writes one application datagram to the flow's upstream.
+func (u *udpRoute) sendUpstream(f *flow, b []byte) {
+	c := f.conn.Load()
+	_, err := c.Write(b)
+	if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
+		// The error belongs to an earlier datagram (a queued ICMP port
+		// unreachable) and this one was not sent: count it, send again.
+		u.st.dropUpRefused.Inc()
+		_, err = c.Write(b)
+	}
+	if err != nil && errors.Is(err, net.ErrClosed) {
+		// The flow was rebound under us: use the new socket.
+		if c2 := f.conn.Load(); c2 != c {
+			_, err = c2.Write(b)
+		}
+	}
+	if err != nil {
+		u.st.dropUpErr.Inc()
+		u.logError("send upstream failed", err, "client", f.client)
+		return
+	}
+	u.st.dgUp.Inc()
+	u.st.bytesUp.Add(float64(len(b)))
+}
+
+// flowFor returns the client's flow, creating it (and its upstream socket)
+// on first sight; nil if refused.
+func (u *udpRoute) flowFor(client netip.AddrPort) *flow {
+	u.mu.Lock()
+	f := u.flows[client]
+	n := len(u.flows)
+	closed := u.closed
+	u.mu.Unlock()
+	if f != nil || closed {
+		return f
+	}
+	if n >= u.opt.MaxFlows {
+		u.st.flowsRefused.Inc()
+		if ok, more := u.refuse.allow(); ok {
+			u.log.Warn("UDP flow refused: route at its flow limit", "client", client, "max_flows", u.opt.MaxFlows, "suppressed", more)
+		}
+		return nil
+	}
+	c, err := u.dialUpstream()
+	if err != nil {
+		if errors.Is(err, errUnresolved) {
+			u.st.dropUnresolved.Inc()
+		} else {
+			u.st.dropSetup.Inc()
+		}
+		u.logError("cannot open upstream socket for new flow", err, "client", client)
+		return nil
+	}
+	now := mono()
+	f = &flow{client: client, created: now, idx: -1}
+	f.conn.Store(c)
+	f.lastOut.Store(now)
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		c.Close()
+		return nil
+	}
+	u.flows[client] = f
+	u.mu.Unlock()
+	u.st.flowsCreated.Inc()
+	u.st.flowsActive.Inc()
+	u.log.Debug("UDP flow started", "client", client, "upstream", c.RemoteAddr(), "local", c.LocalAddr())
+	u.startReader(f, c)
+	u.sched.add(f, now)
+	return f
+}
+
+var errUnresolved = errors.New("upstream address not resolved yet")
+
+// dialUpstream opens a connected socket to the current upstream address:
+// the kernel then drops datagrams from anyone else, and the flow gets its
+// own local port, hence its own NAT mapping.
+func (u *udpRoute) dialUpstream() (*net.UDPConn, error) {
+	addr, ok := u.up.Addr()
+	if !ok {
+		return nil, errUnresolved
+	}
+	return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+}
+
+func (u *udpRoute) startReader(f *flow, c *net.UDPConn) {
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		u.serveUpstream(f, c)
+	}()
+}
+
+// serveUpstream reads replies on one upstream socket until it is closed.
+func (u *udpRoute) serveUpstream(f *flow, c *net.UDPConn) {
+	rd, err := newReader(c)
+	if err != nil {
+		u.logError("upstream socket unusable", err, "client", f.client)
+		return
+	}
+	handle := func(b []byte) { u.fromUpstream(f, b) }
+	for {
+		err := rd.read(handle)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// ICMP port unreachable: the upstream is not listening (yet).
+			// The flow stays; the next datagram tries again.
+			u.st.dropUpRefused.Inc()
+			u.logError("upstream refused (ICMP port unreachable)", err, "client", f.client, "upstream", c.RemoteAddr())
+			continue
+		}
+		u.st.dropUpErr.Inc()
+		u.logError("upstream read failed", err, "client", f.client)
+	}
+}
+
+// fromUpstream handles one datagram from the upstream: a heartbeat reply is
+// consumed, anything else goes to the client untouched.
+func (u *udpRoute) fromUpstream(f *flow, b []byte) {
+	if u.opt.Reply.Enabled() && u.consumeReply(f, b) {
+		return
+	}
+	f.lastIn.Store(mono())
+	if _, err := u.ln.WriteToUDPAddrPort(b, f.client); err != nil {
+		u.st.dropClientErr.Inc()
+		u.logError("send to client failed", err, "client", f.client)
+		return
+	}
+	u.st.dgDown.Inc()
+	u.st.bytesDown.Add(float64(len(b)))
+}
+
+// consumeReply reports whether b is a reply to our heartbeats, recording it.
+func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
+	var (
+		res      keepalive.ReplyResult
+		changed  bool
+		old, cur netip.AddrPort
+	)
+	switch u.opt.Reply.Kind {
+	case keepalive.ReplySTUN:
+		_, id, ok := keepalive.PeekTxID(b)
+		if !ok {
+			return false
+		}
+		f.mu.Lock()
+		if !f.ka.Ours(id) {
+			f.mu.Unlock()
+			return false // app data that happens to look like STUN
+		}
+		res = u.opt.Heartbeat.Reply(&f.ka, mono(), true, id)
+		if resp, err := keepalive.ParseBindingResponse(b); err == nil && resp.HasMapped && res.Counted {
+			cur = netip.AddrPortFrom(resp.Mapped.Addr().Unmap(), resp.Mapped.Port())
+			old = f.mapped
+			changed = old.IsValid() && old != cur
+			f.mapped = cur
+		}
+		f.mu.Unlock()
+		if !res.Counted {
+			u.st.dropStray.Inc()
+			return true
+		}
+	case keepalive.ReplyBytes:
+		if !u.opt.Reply.MatchBytes(b) {
+			return false
+		}
+		f.mu.Lock()
+		res = u.opt.Heartbeat.Reply(&f.ka, mono(), false, keepalive.TxID{})
+		f.mu.Unlock()
+		if !res.Counted {
+			u.st.dropStray.Inc()
+			return true
+		}
+	default:
+		return false
+	}
+	u.st.replies.Inc()
+	u.st.rtt.Observe(res.RTT.Seconds())
+	if res.Revived {
+		u.st.revived.Inc()
+		u.log.Info("UDP peer alive again", "client", f.client, "rtt", res.RTT)
+	}
+	if changed {
+		u.st.mapChanges.Inc()
+		u.log.Warn("NAT mapping changed (rebinding)", "client", f.client, "old_public", old, "new_public", cur)
+	}
+	return true
+}
+
+// answerSTUN answers a valid STUN Binding Request from a client (responder
+// role) and reports whether it did; such requests are never forwarded.
+func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
+	if !keepalive.LooksLikeSTUN(b) {
+		return false
+	}
+	id, err := keepalive.ParseBindingRequest(b)
+	if err != nil {
+		return false // looks like STUN but is not a valid request: app data
+	}
+	mapped := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	var buf [128]byte
+	resp := keepalive.AppendBindingSuccess(buf[:0], id, mapped)
+	if _, err := u.ln.WriteToUDPAddrPort(resp, from); err != nil {
+		u.st.dropClientErr.Inc()
+		u.logError("STUN answer failed", err, "client", from)
+		return true
+	}
+	u.st.stunOK.Inc()
+	return true
+}
+
+// service runs the flow's timers: expiry and heartbeats. It returns when to
+// service the flow next, or 0 when the flow is gone.
+func (u *udpRoute) service(f *flow, now int64) int64 {
+	last := max(f.lastOut.Load(), f.lastIn.Load())
+	expiry := last + int64(u.opt.FlowIdleTimeout)
+	if now >= expiry {
+		u.expire(f)
+		return 0
+	}
+	hb := &u.opt.Heartbeat
+	if !hb.Enabled() {
+		return expiry
+	}
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return 0
+	}
+	d := hb.Tick(&f.ka, now, f.lastOut.Load(), rand.Float64())
+	var id keepalive.TxID
+	if d.Send && u.opt.Payload.Kind == keepalive.PayloadSTUN {
+		id = keepalive.NewTxID()
+		f.ka.Sent(id)
+	}
+	f.mu.Unlock()
+	if d.Send {
+		u.sendHeartbeat(f, id)
+	}
+	if d.Died {
+		u.st.dead.Inc()
+		u.log.Warn("UDP peer dead: heartbeats unanswered", "client", f.client, "misses", hb.DeadAfter, "upstream", u.up.hostport)
+	}
+	if d.Rebind {
+		u.wg.Add(1)
+		go func() { defer u.wg.Done(); u.rebind(f) }()
+	}
+	return min(expiry, d.Next)
+}
+
+// sendHeartbeat sends one heartbeat on the flow's upstream socket, with the
+// configured TTL set on this datagram only.
+func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
+	c := f.conn.Load()
+	b := u.opt.Payload.Bytes
+	if u.opt.Payload.Kind == keepalive.PayloadSTUN {
+		u.hbBuf = keepalive.AppendBindingRequest(u.hbBuf[:0], id)
+		b = u.hbBuf
+	}
+	var err error
+	if oob := u.ttlOOB(c); oob != nil {
+		_, _, err = c.WriteMsgUDP(b, oob, nil)
+	} else {
+		_, err = c.Write(b)
+	}
+	if err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		u.st.dropUpErr.Inc()
+		u.logError("heartbeat send failed", err, "client", f.client)
+		return
+	}
+	u.st.heartbeats.Inc()
+}
+
+func (u *udpRoute) ttlOOB(c *net.UDPConn) []byte {
+	if u.ttlOOB4 == nil {
+		return nil
+	}
+	if ra, ok := c.RemoteAddr().(*net.UDPAddr); ok && ra.IP.To4() == nil {
+		return u.ttlOOB6
+	}
+	return u.ttlOOB4
+}
+
+// rebind re-resolves the upstream and gives the flow a new upstream socket
+// (a new local port, so every NAT on the path creates a fresh mapping); the
+// client side of the flow is untouched.
+func (u *udpRoute) rebind(f *flow) {
+	_ = u.up.resolve(u.ctx) // failures are logged and counted inside
+	c, err := u.dialUpstream()
+	if err != nil {
+		u.logError("rebind failed", err, "client", f.client)
+		return
+	}
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		c.Close()
+		return
+	}
+	old := f.conn.Swap(c)
+	f.mapped = netip.AddrPort{} // a new mapping is expected, not a rebinding
+	f.mu.Unlock()
+	old.Close()
+	u.startReader(f, c)
+	u.st.rebinds.Inc()
+	u.log.Info("UDP flow rebound to a new local port", "client", f.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", c.RemoteAddr())
+}
+
+// expire forgets a flow that has been idle for the idle timeout.
+func (u *udpRoute) expire(f *flow) {
+	if u.remove(f) {
+		u.st.flowsExpired.Inc()
+		u.log.Debug("UDP flow expired", "client", f.client, "age", time.Duration(mono()-f.created).Round(time.Millisecond))
+	}
+}
+
+// remove takes the flow out of the table and closes its socket.
+func (u *udpRoute) remove(f *flow) bool {
+	u.mu.Lock()
+	if u.flows[f.client] != f {
+		u.mu.Unlock()
+		return false
+	}
+	delete(u.flows, f.client)
+	u.mu.Unlock()
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.conn.Load().Close()
+	u.st.flowsActive.Dec()
+	return true
+}
+
+// close stops the listener and every flow and waits for the goroutines.
+func (u *udpRoute) close() {
+	u.mu.Lock()
+	u.closed = true
+	flows := make([]*flow, 0, len(u.flows))
+	for _, f := range u.flows {
+		flows = append(flows, f)
+	}
+	u.mu.Unlock()
+	if u.ln != nil {
+		u.ln.Close()
+		u.st.listenerUp.Set(0)
+	}
+	for _, f := range flows {
+		u.remove(f)
+	}
+	u.sched.stop()
+	u.wg.Wait()
+}
+
+// flowCount returns the number of open flows.
+func (u *udpRoute) flowCount() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.flows)
+}
+
+func (u *udpRoute) logError(msg string, err error, args ...any) {
+	if ok, more := u.errLog.allow(); ok {
+		u.log.Warn(msg, append(args, "err", err, "suppressed", more)...)
+	}
+}

@@ -1,0 +1,51 @@
+package sockopt
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SocketError reads and clears SO_ERROR (nil if none; otherwise a syscall.Errno such as ETIMEDOUT, ECONNRESET), the kernel's own reason a connection failed.
+func SocketError(c syscall.Conn) (soErr error, err error) {
+	var v int
+	err = control(c, "SO_ERROR", func(fd int) error {
+		var err error
+		v, err = getInt(fd, unix.SOL_SOCKET, unix.SO_ERROR, "SO_ERROR")
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if v == 0 {
+		return nil, nil
+	}
+	return syscall.Errno(v), nil
+}
+
+// GetTCPInfo reads TCP_INFO so a log line can say why a connection ended (state, retransmits, keepalive probes, silence since last data).
+func GetTCPInfo(c syscall.Conn) (TCPInfo, error) {
+	var ti *unix.TCPInfo
+	err := control(c, "TCP_INFO", func(fd int) error {
+		var err error
+		if ti, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err != nil {
+			return fmt.Errorf("sockopt: get TCP_INFO: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return TCPInfo{}, err
+	}
+	return TCPInfo{
+		State:        ti.State,
+		Retransmits:  ti.Retransmits,
+		Probes:       ti.Probes,
+		Backoff:      ti.Backoff,
+		Unacked:      ti.Unacked,
+		LastDataRecv: time.Duration(ti.Last_data_recv) * time.Millisecond,
+		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
+		RTT:          time.Duration(ti.Rtt) * time.Microsecond,
+	}, nil
+}

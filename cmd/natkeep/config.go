@@ -403,7 +403,7 @@ func conflicts(a, b string) bool {
 	if apa.Port() != apb.Port() {
 		return false
 	}
-	return apa.Addr() == apb.Addr() || !apa.Addr().IsValid() || !apb.Addr().IsValid() ||
+	return apa.Addr().Unmap() == apb.Addr().Unmap() || !apa.Addr().IsValid() || !apb.Addr().IsValid() ||
 		apa.Addr().IsUnspecified() || apb.Addr().IsUnspecified()
 }
 
@@ -418,10 +418,10 @@ func parseListen(hostport string) (netip.AddrPort, error) {
 	if host != "" {
 		a, err := netip.ParseAddr(host)
 		if err != nil {
-			return netip.AddrPort{}, fmt.Errorf("listen host %q is not an IP address (use :%d for all addresses)", host, port)
+			return netip.AddrPort{}, fmt.Errorf("host %q is not an IP address (use :%d for all addresses)", host, port)
 		}
 		if a.Zone() != "" {
-			return netip.AddrPort{}, fmt.Errorf("listen host %q: zones are not supported", host)
+			return netip.AddrPort{}, fmt.Errorf("host %q: zones are not supported", host)
 		}
 		addr = a
 	}

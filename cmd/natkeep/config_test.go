@@ -117,6 +117,11 @@ func cfgWantErr(t *testing.T, env map[string]string, frags ...string) string {
 	if !strings.HasPrefix(msg, envPrefix) {
 		t.Errorf("error %q does not start with %q", msg, envPrefix)
 	}
+	for _, dup := range []string{"listen listen", "upstream upstream", "host host", "port port"} {
+		if strings.Contains(msg, dup) {
+			t.Errorf("error %q repeats a word: %q", msg, dup)
+		}
+	}
 	for _, f := range frags {
 		if !strings.Contains(msg, f) {
 			t.Errorf("error %q does not contain %q", msg, f)
@@ -446,7 +451,7 @@ func TestConfigGlobalErrors(t *testing.T) {
 		{"NATKEEP_RESOLVE_INTERVAL", "-5s", nil, []string{"NATKEEP_RESOLVE_INTERVAL=-5s: must be positive"}},
 		{"NATKEEP_RESOLVE_INTERVAL", "often", nil, []string{`NATKEEP_RESOLVE_INTERVAL="often"`, "not a valid duration"}},
 		{"NATKEEP_ADMIN_ADDR", "9299", nil, []string{`NATKEEP_ADMIN_ADDR="9299"`, "has no port"}},
-		{"NATKEEP_ADMIN_ADDR", "localhost:9299", nil, []string{`NATKEEP_ADMIN_ADDR="localhost:9299"`, `listen host "localhost" is not an IP address`}},
+		{"NATKEEP_ADMIN_ADDR", "localhost:9299", nil, []string{`NATKEEP_ADMIN_ADDR="localhost:9299": host "localhost" is not an IP address (use :9299 for all addresses)`}},
 		{"NATKEEP_ADMIN_ADDR", ":0", nil, []string{`NATKEEP_ADMIN_ADDR=":0"`, "port 0 out of range 1..65535"}},
 		{"NATKEEP_ADMIN_ADDR", ":http", nil, []string{`NATKEEP_ADMIN_ADDR=":http"`, `port "http" is not a number`}},
 		{"NATKEEP_ADMIN_ADDR", "::1:9299", nil, []string{`NATKEEP_ADMIN_ADDR="::1:9299"`, "IPv6 addresses need brackets"}},
@@ -474,12 +479,11 @@ func TestConfigRoutesRequired(t *testing.T) {
 		t.Errorf("formatting artefact in %q", msg)
 	}
 	cfgWantErr(t, map[string]string{}, "NATKEEP_ROUTES is required")
-	cfgWantErr(t, nil, "NATKEEP_ROUTES is required")
 	cfgWantErr(t, cfgEnv(""), "NATKEEP_ROUTES is empty")
 	cfgWantErr(t, cfgEnv("   "), cfgRouteErrPrefix(1, ""), "empty route")
-	// A required variable that is missing wins over a bad optional one only
-	// if the env library reports it first; either way the message names a variable.
-	cfgWantErr(t, map[string]string{"NATKEEP_UDP_HEARTBEAT_TTL": "x"})
+	// ROUTES is the first field, so its absence is reported before a bad
+	// optional variable.
+	cfgWantErr(t, map[string]string{"NATKEEP_UDP_HEARTBEAT_TTL": "x"}, "NATKEEP_ROUTES is required")
 }
 
 func TestConfigRouteParsing(t *testing.T) {
@@ -567,7 +571,7 @@ func TestConfigRouteErrors(t *testing.T) {
 		{"listen host dns name", "udp://localhost:5000/x:1", 1, "udp://localhost:5000/x:1", []string{`listen host "localhost" is not an IP address`, "use :5000 for all addresses"}},
 		{"listen ipv6 without brackets", "udp://::1:5000/x:1", 1, "udp://::1:5000/x:1", []string{"listen", "IPv6 addresses need brackets, e.g. [::1]:5000"}},
 		{"listen ipv6 missing bracket", "udp://[::1:5000/x:1", 1, "udp://[::1:5000/x:1", []string{"listen", "missing ] in IPv6 address"}},
-		{"listen ipv6 zone", "udp://[fe80::1%25eth0]:5000/x:1", 1, "udp://[fe80::1%25eth0]:5000/x:1", []string{"listen host", "is not an IP address"}},
+		{"listen ipv6 zone", "udp://[fe80::1%25eth0]:5000/x:1", 1, "udp://[fe80::1%25eth0]:5000/x:1", []string{`listen host "fe80::1%25eth0": zones are not supported`}},
 		{"listen ipv6 literal zone", "udp://[fe80::1%eth0]:5000/x:1", 1, "udp://[fe80::1%eth0]:5000/x:1", []string{`listen host "fe80::1%eth0": zones are not supported`}},
 		{"upstream without port", "udp://:5000/example.com", 1, "udp://:5000/example.com", []string{`upstream "example.com" has no port`}},
 		{"upstream without host", "udp://:5000/:53", 1, "udp://:5000/:53", []string{`upstream ":53" has no host`}},
@@ -688,10 +692,12 @@ func TestConfigRouteOverrides(t *testing.T) {
 		{"reply none overrides global reply", udp("reply=none"), []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf", "NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong"}, func(t *testing.T, o *relay.UDPOptions) {
 			o.Payload = cfgPayload(t, "crlf")
 			o.Reply = cfgReply(t, "none", o.Payload)
+			o.Heartbeat.ExpectReply = false
 		}, nil},
 		{"ttl", udp("ttl=2"), nil, func(t *testing.T, o *relay.UDPOptions) { o.TTL = 2 }, nil},
 		{"ttl 255 with crlf", udp("ttl=255&payload=crlf"), nil, func(t *testing.T, o *relay.UDPOptions) { o.TTL = 255; o.Payload = cfgPayload(t, "crlf") }, nil},
 		{"ttl 0 with stun", udp("ttl=0&payload=stun"), []string{"NATKEEP_UDP_HEARTBEAT_TTL", "4"}, func(t *testing.T, o *relay.UDPOptions) {
+			o.TTL = 0
 			o.Payload = cfgPayload(t, "stun")
 			o.Reply = cfgReply(t, "", o.Payload)
 			o.Heartbeat.ExpectReply = true

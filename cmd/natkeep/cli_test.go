@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/natkeep/natkeep/relay"
+)
+
+// cliRun calls run and returns the exit status and both outputs.
+func cliRun(t *testing.T, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	if env == nil {
+		env = map[string]string{}
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(args, env, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// cliHelpDefault is the default help shows for a variable: the envDefault
+// tag, or a description where the default is computed.
+var cliHelpDefault = map[string]string{
+	"ROUTES":              "(required)",
+	"ADMIN_ADDR":          ":9299",
+	"TCP_USER_TIMEOUT":    "idle+interval*count",
+	"UDP_HEARTBEAT_REPLY": "(by payload)",
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	for _, arg := range []string{"help", "-h", "-help", "--help"} {
+		t.Run(arg, func(t *testing.T) {
+			code, out, errOut := cliRun(t, nil, arg)
+			if code != 0 {
+				t.Fatalf("exit %d, want 0", code)
+			}
+			if errOut != "" {
+				t.Errorf("stderr %q, want nothing", errOut)
+			}
+			typ := reflect.TypeFor[envConfig]()
+			if typ.NumField() < 19 {
+				t.Fatalf("envConfig has only %d fields", typ.NumField())
+			}
+			for i := range typ.NumField() {
+				f := typ.Field(i)
+				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+				if key == "" {
+					t.Errorf("field %s has no env tag", f.Name)
+					continue
+				}
+				def, ok := cliHelpDefault[key]
+				if !ok {
+					def, ok = f.Tag.Lookup("envDefault")
+				}
+				if !ok || def == "" {
+					t.Errorf("field %s (%s) has no default to show", f.Name, key)
+					continue
+				}
+				help := f.Tag.Get("help")
+				if help == "" {
+					t.Errorf("field %s (%s) has no help tag", f.Name, key)
+				}
+				// One line per variable: name, default, help, separated by
+				// tabwriter padding.
+				re := regexp.MustCompile(`(?m)^  NATKEEP_` + regexp.QuoteMeta(key) + ` +` + regexp.QuoteMeta(def) + ` +` + regexp.QuoteMeta(help) + `$`)
+				if !re.MatchString(out) {
+					t.Errorf("help has no line for NATKEEP_%s with default %q and its help text", key, def)
+				}
+			}
+			// No variable is printed that envConfig does not have.
+			names := regexp.MustCompile(`(?m)^  (NATKEEP_[A-Z_]+) `).FindAllStringSubmatch(out, -1)
+			if len(names) != typ.NumField() {
+				t.Errorf("help lists %d variable lines, envConfig has %d fields", len(names), typ.NumField())
+			}
+		})
+	}
+}
+
+func TestHelpListsRouteKeys(t *testing.T) {
+	_, out, _ := cliRun(t, nil, "help")
+	lines := map[relay.Proto]string{}
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if p, rest, ok := strings.Cut(l, ": "); ok && (p == "udp" || p == "tcp") {
+			lines[relay.Proto(p)] = " " + rest + " "
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("help has no udp:/tcp: key lines:\n%s", out)
+	}
+	for key, qk := range queryKeys {
+		if !strings.Contains(lines[qk.proto], " "+key+" ") {
+			t.Errorf("help line for %s keys does not list %q: %q", qk.proto, key, lines[qk.proto])
+		}
+	}
+	for _, want := range []string{"NATKEEP_ROUTES", "PROTO://LISTEN/UPSTREAM", "text:a%2Cb", "natkeep healthcheck", "/readyz"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help does not mention %q", want)
+		}
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	for _, arg := range []string{"version", "-version", "--version"} {
+		t.Run(arg, func(t *testing.T) {
+			code, out, errOut := cliRun(t, nil, arg)
+			if code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+			if errOut != "" {
+				t.Errorf("stderr %q", errOut)
+			}
+			if !strings.HasPrefix(out, "natkeep ") || !strings.HasSuffix(out, "\n") || strings.Count(out, "\n") != 1 {
+				t.Errorf("version output %q, want one line starting with natkeep", out)
+			}
+			for _, want := range []string{runtime.Version(), runtime.GOOS + "/" + runtime.GOARCH, "commit "} {
+				if !strings.Contains(out, want) {
+					t.Errorf("version output %q does not contain %q", out, want)
+				}
+			}
+		})
+	}
+}
+
+func TestVersionStamped(t *testing.T) {
+	oldV, oldC := version, commit
+	t.Cleanup(func() { version, commit = oldV, oldC })
+	version, commit = "v1.2.3", "abc1234"
+	got := versionString()
+	if !strings.HasPrefix(got, "natkeep v1.2.3 (commit abc1234, "+runtime.Version()) {
+		t.Errorf("versionString() = %q", got)
+	}
+}
+
+func TestCLIUnknownCommand(t *testing.T) {
+	for _, arg := range []string{"serve", "-v", "HELP", "run"} {
+		t.Run(arg, func(t *testing.T) {
+			// A valid configuration must not make an unknown command start serving.
+			code, out, errOut := cliRun(t, map[string]string{"NATKEEP_ROUTES": "udp://127.0.0.1:1/x:1"}, arg)
+			if code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			if out != "" {
+				t.Errorf("stdout %q, want nothing", out)
+			}
+			if !strings.Contains(errOut, "unknown command") || !strings.Contains(errOut, `"`+arg+`"`) {
+				t.Errorf("stderr %q does not name the unknown command", errOut)
+			}
+		})
+	}
+}
+
+func TestCLIConfigError(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"no routes", map[string]string{}, "natkeep: NATKEEP_ROUTES is required"},
+		{"empty routes", map[string]string{"NATKEEP_ROUTES": ""}, "natkeep: NATKEEP_ROUTES is empty"},
+		{"bad route", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1,udp://:99999/x:1"},
+			`natkeep: NATKEEP_ROUTES entry 2 "udp://:99999/x:1": listen port 99999 out of range 1..65535` + "\n"},
+		{"bad variable", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1", "NATKEEP_UDP_HEARTBEAT_TTL": "300"},
+			`natkeep: NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255` + "\n"},
+		{"bad log level", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1", "NATKEEP_LOG_LEVEL": "loud"}, `natkeep: NATKEEP_LOG_LEVEL="loud"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := cliRun(t, tt.env)
+			if code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			if out != "" {
+				t.Errorf("stdout %q, want nothing", out)
+			}
+			if !strings.HasPrefix(errOut, tt.want) {
+				t.Errorf("stderr %q, want it to start with %q", errOut, tt.want)
+			}
+			if strings.Count(errOut, "\n") != 1 {
+				t.Errorf("stderr %q is not exactly one line", errOut)
+			}
+		})
+	}
+}
+
+// cliReadyServer serves /readyz with the given status and counts the probes.
+func cliReadyServer(t *testing.T, status int) (addr string, probes *atomic.Int32) {
+	t.Helper()
+	probes = new(atomic.Int32)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/readyz" {
+			t.Errorf("healthcheck requested %s %s, want GET /readyz", r.Method, r.URL.Path)
+			http.NotFound(w, r)
+			return
+		}
+		probes.Add(1)
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String(), probes
+}
+
+func TestHealthcheckReady(t *testing.T) {
+	addr, probes := cliReadyServer(t, http.StatusOK)
+	code, out, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": addr}, "healthcheck")
+	if code != 0 {
+		t.Errorf("exit %d, want 0 (stderr %q)", code, errOut)
+	}
+	if out != "" || errOut != "" {
+		t.Errorf("stdout %q stderr %q, want nothing", out, errOut)
+	}
+	if probes.Load() != 1 {
+		t.Errorf("%d probes, want 1", probes.Load())
+	}
+}
+
+func TestHealthcheckWildcardHostProbesLoopback(t *testing.T) {
+	addr, probes := cliReadyServer(t, http.StatusOK)
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{":" + port, "0.0.0.0:" + port, "[::]:" + port} {
+		code, _, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": a}, "healthcheck")
+		if code != 0 {
+			t.Errorf("ADMIN_ADDR=%s: exit %d, want 0 (stderr %q)", a, code, errOut)
+		}
+	}
+	if probes.Load() != 3 {
+		t.Errorf("%d probes, want 3", probes.Load())
+	}
+}
+
+func TestHealthcheckNotReady(t *testing.T) {
+	addr, probes := cliReadyServer(t, http.StatusServiceUnavailable)
+	code, out, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": addr}, "healthcheck")
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if out != "" {
+		t.Errorf("stdout %q", out)
+	}
+	if !strings.Contains(errOut, "503") {
+		t.Errorf("stderr %q does not report the status", errOut)
+	}
+	if probes.Load() != 1 {
+		t.Errorf("%d probes, want 1", probes.Load())
+	}
+}
+
+func TestHealthcheckNothingListening(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	code, out, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": addr}, "healthcheck")
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if out != "" {
+		t.Errorf("stdout %q", out)
+	}
+	if !strings.HasPrefix(errOut, "natkeep healthcheck: ") {
+		t.Errorf("stderr %q", errOut)
+	}
+}
+
+func TestHealthcheckDisabled(t *testing.T) {
+	for _, v := range []string{"off", ""} {
+		code, out, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": v}, "healthcheck")
+		if code != 1 {
+			t.Errorf("ADMIN_ADDR=%q: exit %d, want 1", v, code)
+		}
+		if out != "" {
+			t.Errorf("stdout %q", out)
+		}
+		if !strings.Contains(errOut, "NATKEEP_ADMIN_ADDR is disabled") {
+			t.Errorf("ADMIN_ADDR=%q: stderr %q", v, errOut)
+		}
+	}
+}
+
+func TestHealthcheckBadAddr(t *testing.T) {
+	code, _, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": "no-port"}, "healthcheck")
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if !strings.Contains(errOut, `NATKEEP_ADMIN_ADDR="no-port"`) {
+		t.Errorf("stderr %q", errOut)
+	}
+}
+
+// TestHealthcheckIgnoresRoutes: the probe runs in the same container with
+// the same environment, but must not parse or need the routes.
+func TestHealthcheckIgnoresRoutes(t *testing.T) {
+	addr, _ := cliReadyServer(t, http.StatusOK)
+	code, _, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": addr, "NATKEEP_ROUTES": "garbage"}, "healthcheck")
+	if code != 0 {
+		t.Errorf("exit %d, want 0 (stderr %q)", code, errOut)
+	}
+}

@@ -320,4 +320,3 @@ func TestNATTCPDeadPeerDetected(t *testing.T) {
 		t.Logf("data in flight: app reset after %v (user timeout 3s)", took.Round(10*time.Millisecond))
 	})
 }
-

@@ -37,6 +37,7 @@ type Flow struct {
 	misses      int
 	dead        bool
 	rtt, srtt   time.Duration
+	sampled     bool // srtt holds at least one sample
 	recent      [recentTx]TxID
 	nrecent     int
 }
@@ -135,7 +136,8 @@ func (s *Schedule) Reply(f *Flow, now int64, stun bool, id TxID) ReplyResult {
 		rtt = 0
 	}
 	f.rtt = rtt
-	if f.srtt == 0 {
+	if !f.sampled {
+		f.sampled = true
 		f.srtt = rtt
 	} else {
 		// RFC 6298 smoothing: srtt = 7/8 srtt + 1/8 rtt.

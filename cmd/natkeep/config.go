@@ -93,7 +93,7 @@ func loadConfig(environ map[string]string) (*config, error) {
 	default:
 		return nil, errorf("%s=%q: want debug, info, warn or error", envKey("LogLevel"), ec.LogLevel)
 	}
-	switch ec.LogFormat {
+	switch c.LogFormat = strings.ToLower(ec.LogFormat); c.LogFormat {
 	case "auto", "text", "json":
 	default:
 		return nil, errorf("%s=%q: want auto, text or json", envKey("LogFormat"), ec.LogFormat)
@@ -325,11 +325,14 @@ func (s routeSettings) tcp() (relay.TCPOptions, error) {
 	ka := sockopt.Keepalive{Idle: s.kaIdle, Interval: s.kaInterval, Count: s.kaCount}
 	if s.kaIdle > 0 {
 		if err := ka.Validate(); err != nil {
+			// Validate reports every bad field, one per line: name the first.
+			first, _, _ := strings.Cut(err.Error(), "\n")
+			err = errors.New(strings.TrimPrefix(first, "sockopt: "))
 			key, field, val := "keepalive_idle", "KeepaliveIdle", s.kaIdle.String()
 			switch {
-			case strings.Contains(err.Error(), "interval"):
+			case strings.HasPrefix(err.Error(), "keepalive interval"):
 				key, field, val = "keepalive_interval", "KeepaliveInterval", s.kaInterval.String()
-			case strings.Contains(err.Error(), "count"):
+			case strings.HasPrefix(err.Error(), "keepalive count"):
 				key, field, val = "keepalive_count", "KeepaliveCount", strconv.Itoa(s.kaCount)
 			}
 			return o, &settingError{key, field, val, err.Error()}
@@ -364,7 +367,7 @@ func (s routeSettings) tcp() (relay.TCPOptions, error) {
 // parseRoutes parses the NATKEEP_ROUTES list.
 func parseRoutes(list string, defs routeSettings) ([]relay.Route, error) {
 	var routes []relay.Route
-	seen := map[string]int{}
+	var seen []string // "proto listen" of each earlier entry, in order
 	for i, entry := range strings.Split(list, ",") {
 		entry = strings.TrimSpace(entry)
 		n := i + 1
@@ -379,12 +382,12 @@ func parseRoutes(list string, defs routeSettings) ([]relay.Route, error) {
 			return nil, fail("%v", err)
 		}
 		key := string(r.Proto) + " " + r.Listen
-		for other, m := range seen {
+		for m, other := range seen {
 			if conflicts(key, other) {
-				return nil, fail("listen address %s://%s already used by entry %d", r.Proto, r.Listen, m)
+				return nil, fail("listen address %s://%s already used by entry %d", r.Proto, r.Listen, m+1)
 			}
 		}
-		seen[key] = n
+		seen = append(seen, key)
 		routes = append(routes, r)
 	}
 	return routes, nil
@@ -489,11 +492,19 @@ func parseRoute(entry string, defs routeSettings) (relay.Route, error) {
 	r.Listen, r.Upstream = listen, upstream
 
 	s := defs
-	q, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return r, fmt.Errorf("query: %v", err)
-	}
-	for key, vals := range q {
+	// Keys are taken in the order written, so the first bad one is the one
+	// reported; values are percent-decoded but '+' stays a plus.
+	given := map[string]bool{}
+	for _, kv := range strings.Split(rawQuery, "&") {
+		if kv == "" {
+			continue
+		}
+		rawKey, rawVal, hasEq := strings.Cut(kv, "=")
+		key, err1 := url.PathUnescape(rawKey)
+		val, err2 := url.PathUnescape(rawVal)
+		if err := errors.Join(err1, err2); err != nil {
+			return r, fmt.Errorf("query %q: %v", kv, err)
+		}
 		qk, ok := queryKeys[key]
 		if !ok {
 			return r, fmt.Errorf("unknown key %q (known: %s)", key, knownKeys())
@@ -501,11 +512,15 @@ func parseRoute(entry string, defs routeSettings) (relay.Route, error) {
 		if qk.proto != r.Proto {
 			return r, fmt.Errorf("key %q applies to %s routes, not %s", key, qk.proto, r.Proto)
 		}
-		if len(vals) != 1 {
-			return r, fmt.Errorf("key %q given %d times", key, len(vals))
+		if !hasEq {
+			return r, fmt.Errorf("key %q has no value (want %s=VALUE)", key, key)
 		}
-		if err := qk.set(&s, vals[0]); err != nil {
-			return r, fmt.Errorf("%s=%s: %v", key, vals[0], err)
+		if given[key] {
+			return r, fmt.Errorf("key %q given more than once", key)
+		}
+		given[key] = true
+		if err := qk.set(&s, val); err != nil {
+			return r, fmt.Errorf("%s=%s: %v", key, val, err)
 		}
 	}
 	switch r.Proto {

@@ -460,7 +460,7 @@ func TestConfigGlobalErrors(t *testing.T) {
 		{"NATKEEP_DRAIN_TIMEOUT", "later", nil, []string{`NATKEEP_DRAIN_TIMEOUT="later"`, "not a valid duration"}},
 		{"NATKEEP_LOG_LEVEL", "trace", nil, []string{`NATKEEP_LOG_LEVEL="trace": want debug, info, warn or error`}},
 		{"NATKEEP_LOG_FORMAT", "xml", nil, []string{`NATKEEP_LOG_FORMAT="xml": want auto, text or json`}},
-		{"NATKEEP_LOG_FORMAT", "JSON", nil, []string{`NATKEEP_LOG_FORMAT="JSON": want auto, text or json`}},
+		{"NATKEEP_LOG_FORMAT", "yaml", nil, []string{`NATKEEP_LOG_FORMAT="yaml": want auto, text or json`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
@@ -597,10 +597,10 @@ func TestConfigRouteErrors(t *testing.T) {
 		{"ipv4-mapped ipv6 vs ipv4", "udp://127.0.0.1:5000/a:1,udp://[::ffff:127.0.0.1]:5000/b:1", 2, "udp://[::ffff:127.0.0.1]:5000/b:1", []string{"already used by entry 1"}},
 		{"unknown key", "udp://:5000/x:1?foo=1", 1, "udp://:5000/x:1?foo=1", []string{`unknown key "foo"`, "known: connect_timeout, dead_after, idle_timeout, interval, keepalive_count"}},
 		{"key case matters", "udp://:5000/x:1?TTL=1", 1, "udp://:5000/x:1?TTL=1", []string{`unknown key "TTL"`}},
-		{"bad query escape", "udp://:5000/x:1?payload=text:%zz", 1, "udp://:5000/x:1?payload=text:%zz", []string{"query:", "invalid URL escape"}},
-		{"semicolon in query", "udp://:5000/x:1?ttl=1;ttl=2", 1, "udp://:5000/x:1?ttl=1;ttl=2", []string{"query:", "semicolon"}},
-		{"duplicate key", "udp://:5000/x:1?ttl=1&ttl=2", 1, "udp://:5000/x:1?ttl=1&ttl=2", []string{`key "ttl" given 2 times`}},
-		{"duplicate key same value", "tcp://:5000/x:1?max_conns=1&max_conns=1", 1, "tcp://:5000/x:1?max_conns=1&max_conns=1", []string{`key "max_conns" given 2 times`}},
+		{"bad query escape", "udp://:5000/x:1?payload=text:%zz", 1, "udp://:5000/x:1?payload=text:%zz", []string{`query "payload=text:%zz"`, "invalid URL escape"}},
+		{"semicolon in query", "udp://:5000/x:1?ttl=1;ttl=2", 1, "udp://:5000/x:1?ttl=1;ttl=2", []string{"ttl=1;ttl=2: not a valid whole number"}},
+		{"duplicate key", "udp://:5000/x:1?ttl=1&ttl=2", 1, "udp://:5000/x:1?ttl=1&ttl=2", []string{`key "ttl" given more than once`}},
+		{"duplicate key same value", "tcp://:5000/x:1?max_conns=1&max_conns=1", 1, "tcp://:5000/x:1?max_conns=1&max_conns=1", []string{`key "max_conns" given more than once`}},
 	}
 	// Every UDP key on a TCP route and every TCP key on a UDP route.
 	for key, qk := range queryKeys {
@@ -899,5 +899,37 @@ func TestConfigQueryKeysNameVariables(t *testing.T) {
 		if !strings.HasPrefix(f.Tag.Get("env"), prefix) {
 			t.Errorf("key %q (%s) overrides %s, which is not a %s variable", key, qk.proto, envKey(qk.field), prefix)
 		}
+	}
+}
+
+// TestConfigErrorsDeterministic: the same bad input always gives the same
+// message (no map-order dependence), naming the first problem as written.
+func TestConfigErrorsDeterministic(t *testing.T) {
+	cases := []struct {
+		routes string
+		want   string
+	}{
+		{"udp://127.0.0.1:5/x:1,udp://127.0.0.2:5/x:1,udp://:5/x:1", `entry 3 "udp://:5/x:1": listen address udp://:5 already used by entry 1`},
+		{"udp://:5000/x:1?foo=1&bar=2", `unknown key "foo"`},
+		{"tcp://:5000/x:1?keepalive_idle=40000s&keepalive_interval=0", `keepalive_idle=11h6m40s: keepalive idle 40000s out of range`},
+	}
+	for _, c := range cases {
+		for range 50 {
+			_, err := loadConfig(map[string]string{"NATKEEP_ROUTES": c.routes})
+			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("%s: error %v, want one line containing %q", c.routes, err, c.want)
+			}
+		}
+	}
+}
+
+// TestConfigPlusStaysPlus: '+' in a route value is a literal plus, not a space.
+func TestConfigPlusStaysPlus(t *testing.T) {
+	c, err := loadConfig(map[string]string{"NATKEEP_ROUTES": "udp://:5000/x:1?payload=text:a+b%2Cc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(c.Relay.Routes[0].UDP.Payload.Bytes); got != "a+b,c" {
+		t.Fatalf("payload %q, want %q", got, "a+b,c")
 	}
 }

@@ -27,7 +27,7 @@ const listenReadBuffer = 4 << 20
 
 // udpRoute relays one UDP listener to its upstream. The path of a datagram:
 // serveClients reads it, flowFor finds the flow, sendUpstream writes it to
-// the flow's connected socket; replies come back through serveUpstream and
+// the flow's connected socket; replies come back through upstreamReaders and
 // fromUpstream to the listener.
 type udpRoute struct {
 	route Route
@@ -46,11 +46,12 @@ type udpRoute struct {
 	flows  map[netip.AddrPort]*flow
 	closed bool
 
-	sched  scheduler
-	wg     sync.WaitGroup
-	hbBuf  []byte // heartbeat encode buffer, used by the scheduler goroutine only
-	refuse logLimiter
-	errLog logLimiter
+	sched   scheduler
+	readers upstreamReaders
+	wg      sync.WaitGroup
+	hbBuf   []byte // heartbeat encode buffer, used by the scheduler goroutine only
+	refuse  logLimiter
+	errLog  logLimiter
 }
 
 // flow is one client address and its own connected upstream socket.
@@ -92,6 +93,9 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		}
 	}
 	u.sched.init()
+	if u.readers, err = newUpstreamReaders(u); err != nil {
+		return nil, err
+	}
 	return u, nil
 }
 
@@ -212,7 +216,12 @@ func (u *udpRoute) flowFor(client netip.AddrPort) *flow {
 	u.st.flowsCreated.Inc()
 	u.st.flowsActive.Inc()
 	u.log.Debug("UDP flow started", "client", client, "upstream", c.RemoteAddr(), "local", c.LocalAddr())
-	u.startReader(f, c)
+	if err := u.readers.watch(f, c); err != nil {
+		u.remove(f)
+		u.st.dropSetup.Inc()
+		u.logError("cannot watch upstream socket for new flow", err, "client", client)
+		return nil
+	}
 	u.sched.add(f, now)
 	return f
 }
@@ -228,42 +237,6 @@ func (u *udpRoute) dialUpstream() (*net.UDPConn, error) {
 		return nil, errUnresolved
 	}
 	return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
-}
-
-func (u *udpRoute) startReader(f *flow, c *net.UDPConn) {
-	u.wg.Add(1)
-	go func() {
-		defer u.wg.Done()
-		u.serveUpstream(f, c)
-	}()
-}
-
-// serveUpstream reads replies on one upstream socket until it is closed.
-func (u *udpRoute) serveUpstream(f *flow, c *net.UDPConn) {
-	rd, err := newReader(c)
-	if err != nil {
-		u.logError("upstream socket unusable", err, "client", f.client)
-		return
-	}
-	handle := func(b []byte) { u.fromUpstream(f, b) }
-	for {
-		err := rd.read(handle)
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			// ICMP port unreachable: the upstream is not listening (yet).
-			// The flow stays; the next datagram tries again.
-			u.st.dropUpRefused.Inc()
-			u.logError("upstream refused (ICMP port unreachable)", err, "client", f.client, "upstream", c.RemoteAddr())
-			continue
-		}
-		u.st.dropUpErr.Inc()
-		u.logError("upstream read failed", err, "client", f.client)
-	}
 }
 
 // fromUpstream handles one datagram from the upstream: a heartbeat reply is
@@ -455,8 +428,11 @@ func (u *udpRoute) rebind(f *flow) {
 	old := f.conn.Swap(c)
 	f.mapped = netip.AddrPort{} // a new mapping is expected, not a rebinding
 	f.mu.Unlock()
+	u.readers.unwatch(old)
 	old.Close()
-	u.startReader(f, c)
+	if err := u.readers.watch(f, c); err != nil {
+		u.logError("cannot watch rebound upstream socket", err, "client", f.client)
+	}
 	u.st.rebinds.Inc()
 	u.log.Info("UDP flow rebound to a new local port", "client", f.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", c.RemoteAddr())
 }
@@ -480,8 +456,10 @@ func (u *udpRoute) remove(f *flow) bool {
 	u.mu.Unlock()
 	f.mu.Lock()
 	f.closed = true
+	c := f.conn.Load()
 	f.mu.Unlock()
-	f.conn.Load().Close()
+	u.readers.unwatch(c)
+	c.Close()
 	u.st.flowsActive.Dec()
 	return true
 }
@@ -504,6 +482,7 @@ func (u *udpRoute) close() {
 	}
 	u.sched.stop()
 	u.wg.Wait()
+	u.readers.stop()
 }
 
 // flowCount returns the number of open flows.

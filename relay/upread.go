@@ -1,0 +1,66 @@
+package relay
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// upstreamReaders watch every upstream socket of a route and hand each
+// datagram to the route (fromUpstream) and each receive error to
+// upstreamError. On Linux one epoll goroutine serves all of a route's flows
+// with one shared buffer, so an idle flow costs no goroutine and no buffer;
+// elsewhere each flow gets a reading goroutine.
+type upstreamReaders interface {
+	// watch starts delivering c's datagrams for flow f.
+	watch(f *flow, c *net.UDPConn) error
+	// unwatch stops delivering c's datagrams; call it before closing c.
+	unwatch(c *net.UDPConn)
+	// stop ends all watching and waits for the reader goroutines.
+	stop()
+}
+
+// upstreamError counts and logs a receive error on a flow's upstream socket.
+// The flow stays either way: ECONNREFUSED is an ICMP port unreachable (the
+// upstream is not listening yet) and the next datagram tries again.
+func (u *udpRoute) upstreamError(f *flow, c *net.UDPConn, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		u.st.dropUpRefused.Inc()
+		u.logError("upstream refused (ICMP port unreachable)", err, "client", f.client, "upstream", c.RemoteAddr())
+		return
+	}
+	u.st.dropUpErr.Inc()
+	u.logError("upstream read failed", err, "client", f.client)
+}
+
+// goReaders is the portable implementation: a goroutine per socket.
+type goReaders struct {
+	u  *udpRoute
+	wg sync.WaitGroup
+}
+
+func (g *goReaders) watch(f *flow, c *net.UDPConn) error {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		buf := make([]byte, maxDatagram)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				g.u.upstreamError(f, c, err)
+				continue
+			}
+			g.u.fromUpstream(f, buf[:n])
+		}
+	}()
+	return nil
+}
+
+// unwatch is a no-op: closing the socket ends its goroutine.
+func (g *goReaders) unwatch(*net.UDPConn) {}
+
+func (g *goReaders) stop() { g.wg.Wait() }

@@ -1,0 +1,182 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxBurst caps the datagrams read from one socket per wake-up, so one busy
+// flow cannot starve the others sharing the epoll loop.
+const maxBurst = 16
+
+// epollReaders watch a route's upstream sockets with one epoll instance and
+// one goroutine. Sockets stay ordinary *net.UDPConns (writes, deadlines and
+// Close keep Go's safety); reads go through syscall.RawConn.Read with a
+// callback that never waits, so Close can never race a read of a reused fd.
+type epollReaders struct {
+	u      *udpRoute
+	epfd   int
+	wakefd int // eventfd that ends the loop
+	buf    []byte
+
+	mu     sync.Mutex
+	regs   map[int32]*watchReg
+	byConn map[*net.UDPConn]int32
+	nextID int32
+
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// watchReg is one watched socket; fn is built once so the read path does
+// not allocate a closure per datagram.
+type watchReg struct {
+	f  *flow
+	c  *net.UDPConn
+	rc syscall.RawConn
+	fn func(fd uintptr) bool
+}
+
+// wakeID is the epoll data of the eventfd; socket IDs start above it.
+const wakeID = 0
+
+func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeID}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	e := &epollReaders{
+		u: u, epfd: epfd, wakefd: wakefd, buf: make([]byte, maxDatagram),
+		regs: make(map[int32]*watchReg), byConn: make(map[*net.UDPConn]int32),
+		nextID: wakeID, done: make(chan struct{}),
+	}
+	go e.loop()
+	return e, nil
+}
+
+func (e *epollReaders) watch(f *flow, c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	reg := &watchReg{f: f, c: c, rc: rc}
+	reg.fn = func(fd uintptr) bool {
+		for range maxBurst {
+			n, err := unix.Read(int(fd), e.buf)
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN {
+				break
+			}
+			if err != nil {
+				e.u.upstreamError(reg.f, reg.c, err)
+				continue // the error is cleared; queued datagrams may follow
+			}
+			e.u.fromUpstream(reg.f, e.buf[:n])
+		}
+		return true // never wait in Go's poller: epoll tells us when
+	}
+	e.mu.Lock()
+	e.nextID++
+	if e.nextID <= wakeID {
+		e.nextID = wakeID + 1
+	}
+	id := e.nextID
+	e.regs[id] = reg
+	e.byConn[c] = id
+	e.mu.Unlock()
+	var cerr error
+	err = rc.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: id}
+		cerr = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err = errors.Join(err, cerr); err != nil {
+		e.forget(c)
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+// forget drops c's registration and returns it.
+func (e *epollReaders) forget(c *net.UDPConn) *watchReg {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	id, ok := e.byConn[c]
+	if !ok {
+		return nil
+	}
+	reg := e.regs[id]
+	delete(e.regs, id)
+	delete(e.byConn, c)
+	return reg
+}
+
+func (e *epollReaders) unwatch(c *net.UDPConn) {
+	reg := e.forget(c)
+	if reg == nil {
+		return
+	}
+	// Closing the socket would drop it from the epoll set too; deleting it
+	// first means no event for it is delivered after this returns.
+	_ = reg.rc.Control(func(fd uintptr) {
+		_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	})
+}
+
+func (e *epollReaders) stop() {
+	e.stopOnce.Do(func() {
+		one := [8]byte{1}
+		if _, err := unix.Write(e.wakefd, one[:]); err == nil || err == unix.EAGAIN {
+			<-e.done
+		}
+	})
+}
+
+func (e *epollReaders) loop() {
+	defer close(e.done)
+	defer unix.Close(e.epfd)
+	defer unix.Close(e.wakefd)
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(e.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			e.u.log.Error("epoll_wait failed; upstream replies stop", "err", err)
+			return
+		}
+		for i := range n {
+			id := events[i].Fd
+			if id == wakeID {
+				return
+			}
+			e.mu.Lock()
+			reg := e.regs[id]
+			e.mu.Unlock()
+			if reg == nil {
+				continue // unwatched while the event was in flight
+			}
+			if err := reg.rc.Read(reg.fn); err != nil && !errors.Is(err, net.ErrClosed) {
+				e.u.upstreamError(reg.f, reg.c, err)
+			}
+		}
+	}
+}

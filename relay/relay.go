@@ -44,28 +44,34 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Relay{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
 	for _, rt := range cfg.Routes {
-		rlog := log.With("route", rt.Name)
-		switch rt.Proto {
-		case UDP:
-			u, err := newUDPRoute(ctx, rt, cfg.ResolveInterval, rlog, m)
-			if err != nil {
-				cancel()
-				return nil, fmt.Errorf("route %q: %w", rt.Name, err)
-			}
-			r.udp = append(r.udp, u)
-		case TCP:
-			t, err := newTCPRoute(ctx, rt, cfg.ResolveInterval, rlog, m)
-			if err != nil {
-				cancel()
-				return nil, fmt.Errorf("route %q: %w", rt.Name, err)
-			}
-			r.tcp = append(r.tcp, t)
-		default:
-			cancel()
-			return nil, fmt.Errorf("route %q: unknown protocol %q", rt.Name, rt.Proto)
+		if err := r.add(rt, m); err != nil {
+			r.Close() // releases what the earlier routes hold
+			return nil, fmt.Errorf("route %q: %w", rt.Name, err)
 		}
 	}
 	return r, nil
+}
+
+// add creates one route (not yet listening).
+func (r *Relay) add(rt Route, m *Metrics) error {
+	rlog := r.log.With("route", rt.Name)
+	switch rt.Proto {
+	case UDP:
+		u, err := newUDPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m)
+		if err != nil {
+			return err
+		}
+		r.udp = append(r.udp, u)
+	case TCP:
+		t, err := newTCPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m)
+		if err != nil {
+			return err
+		}
+		r.tcp = append(r.tcp, t)
+	default:
+		return fmt.Errorf("unknown protocol %q", rt.Proto)
+	}
+	return nil
 }
 
 // Start binds every listener and starts relaying. If any listener cannot be

@@ -39,11 +39,12 @@ type udpRoute struct {
 	ctx   context.Context
 
 	resolveInterval time.Duration
+	dialControl     func(network, address string, c syscall.RawConn) error // e.g. a bypass mark in transparent mode
 
-	ttlOOB4, ttlOOB6 []byte // per-heartbeat TTL control messages, built once
+	fopt *flowOpts // options of the route's flows
 
 	mu     sync.Mutex
-	flows  map[netip.AddrPort]*flow
+	flows  map[flowKey]*flow
 	closed bool
 
 	sched   scheduler
@@ -54,9 +55,38 @@ type udpRoute struct {
 	errLog  logLimiter
 }
 
+// flowKey identifies a flow: the client's address, and in transparent mode
+// also the destination the client sent to (zero otherwise).
+type flowKey struct {
+	client, dst netip.AddrPort
+}
+
+// flowOpts are the options a flow runs with, plus what is derived from them once.
+type flowOpts struct {
+	UDPOptions
+	ttlOOB4, ttlOOB6 []byte // per-heartbeat TTL control messages
+}
+
+func newFlowOpts(o UDPOptions) (*flowOpts, error) {
+	fo := &flowOpts{UDPOptions: o}
+	if o.TTL > 0 {
+		var err error
+		if fo.ttlOOB4, err = sockopt.TTLControl(false, o.TTL); err != nil {
+			return nil, fmt.Errorf("heartbeat ttl: %w", err)
+		}
+		if fo.ttlOOB6, err = sockopt.TTLControl(true, o.TTL); err != nil {
+			return nil, fmt.Errorf("heartbeat ttl: %w", err)
+		}
+	}
+	return fo, nil
+}
+
 // flow is one client address and its own connected upstream socket.
 type flow struct {
+	key     flowKey
 	client  netip.AddrPort
+	opt     *flowOpts
+	out     *net.UDPConn // the socket that sends to the client
 	conn    atomic.Pointer[net.UDPConn]
 	lastOut atomic.Int64 // mono time of the last application datagram upstream
 	lastIn  atomic.Int64 // mono time of the last application datagram downstream
@@ -79,18 +109,13 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	}
 	u := &udpRoute{
 		route: r, opt: r.UDP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
-		flows:  make(map[netip.AddrPort]*flow),
+		flows:  make(map[flowKey]*flow),
 		hbBuf:  make([]byte, 0, 256),
 		refuse: logLimiter{period: 10 * time.Second},
 		errLog: logLimiter{period: 10 * time.Second},
 	}
-	if r.UDP.TTL > 0 {
-		if u.ttlOOB4, err = sockopt.TTLControl(false, r.UDP.TTL); err != nil {
-			return nil, fmt.Errorf("heartbeat ttl: %w", err)
-		}
-		if u.ttlOOB6, err = sockopt.TTLControl(true, r.UDP.TTL); err != nil {
-			return nil, fmt.Errorf("heartbeat ttl: %w", err)
-		}
+	if u.fopt, err = newFlowOpts(r.UDP); err != nil {
+		return nil, err
 	}
 	u.sched.init()
 	if u.readers, err = newUpstreamReaders(u); err != nil {
@@ -139,7 +164,7 @@ func (u *udpRoute) serveClients() {
 		if u.opt.Role == RoleResponder && u.answerSTUN(b, from) {
 			continue
 		}
-		f := u.flowFor(from)
+		f := u.flowFor(flowKey{client: from}, u.fopt, u.ln)
 		if f == nil {
 			continue
 		}
@@ -173,11 +198,13 @@ func (u *udpRoute) sendUpstream(f *flow, b []byte) {
 	u.st.bytesUp.Add(float64(len(b)))
 }
 
-// flowFor returns the client's flow, creating it (and its upstream socket)
-// on first sight; nil if refused.
-func (u *udpRoute) flowFor(client netip.AddrPort) *flow {
+// flowFor returns the flow for key, creating it (and its upstream socket)
+// on first sight with options o, replying to the client through out; nil if
+// refused.
+func (u *udpRoute) flowFor(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
+	client := key.client
 	u.mu.Lock()
-	f := u.flows[client]
+	f := u.flows[key]
 	n := len(u.flows)
 	closed := u.closed
 	u.mu.Unlock()
@@ -191,7 +218,7 @@ func (u *udpRoute) flowFor(client netip.AddrPort) *flow {
 		}
 		return nil
 	}
-	c, err := u.dialUpstream()
+	c, err := u.dialUpstream(key)
 	if err != nil {
 		if errors.Is(err, errUnresolved) {
 			u.st.dropUnresolved.Inc()
@@ -202,7 +229,7 @@ func (u *udpRoute) flowFor(client netip.AddrPort) *flow {
 		return nil
 	}
 	now := mono()
-	f = &flow{client: client, created: now, idx: -1}
+	f = &flow{key: key, client: client, opt: o, out: out, created: now, idx: -1}
 	f.conn.Store(c)
 	f.lastOut.Store(now)
 	u.mu.Lock()
@@ -211,7 +238,7 @@ func (u *udpRoute) flowFor(client netip.AddrPort) *flow {
 		c.Close()
 		return nil
 	}
-	u.flows[client] = f
+	u.flows[key] = f
 	u.mu.Unlock()
 	u.st.flowsCreated.Inc()
 	u.st.flowsActive.Inc()
@@ -231,22 +258,33 @@ var errUnresolved = errors.New("upstream address not resolved yet")
 // dialUpstream opens a connected socket to the current upstream address:
 // the kernel then drops datagrams from anyone else, and the flow gets its
 // own local port, hence its own NAT mapping.
-func (u *udpRoute) dialUpstream() (*net.UDPConn, error) {
-	addr, ok := u.up.Addr()
-	if !ok {
-		return nil, errUnresolved
+func (u *udpRoute) dialUpstream(key flowKey) (*net.UDPConn, error) {
+	addr := key.dst // transparent mode: the destination the app chose
+	if !addr.IsValid() {
+		var ok bool
+		if addr, ok = u.up.Addr(); !ok {
+			return nil, errUnresolved
+		}
 	}
-	return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	if u.dialControl == nil {
+		return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	}
+	d := net.Dialer{Control: u.dialControl}
+	c, err := d.DialContext(u.ctx, "udp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UDPConn), nil
 }
 
 // fromUpstream handles one datagram from the upstream: a heartbeat reply is
 // consumed, anything else goes to the client untouched.
 func (u *udpRoute) fromUpstream(f *flow, b []byte) {
-	if u.opt.Reply.Enabled() && u.consumeReply(f, b) {
+	if f.opt.Reply.Enabled() && u.consumeReply(f, b) {
 		return
 	}
 	f.lastIn.Store(mono())
-	if _, err := u.ln.WriteToUDPAddrPort(b, f.client); err != nil {
+	if _, err := f.out.WriteToUDPAddrPort(b, f.client); err != nil {
 		u.st.dropClientErr.Inc()
 		u.logError("send to client failed", err, "client", f.client)
 		return
@@ -262,7 +300,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
 		changed  bool
 		old, cur netip.AddrPort
 	)
-	switch u.opt.Reply.Kind {
+	switch f.opt.Reply.Kind {
 	case keepalive.ReplySTUN:
 		_, id, ok := keepalive.PeekTxID(b)
 		if !ok {
@@ -273,7 +311,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
 			f.mu.Unlock()
 			return false // app data that happens to look like STUN
 		}
-		res = u.opt.Heartbeat.Reply(&f.ka, mono(), true, id)
+		res = f.opt.Heartbeat.Reply(&f.ka, mono(), true, id)
 		if resp, err := keepalive.ParseBindingResponse(b); err == nil && resp.HasMapped && res.Counted {
 			cur = netip.AddrPortFrom(resp.Mapped.Addr().Unmap(), resp.Mapped.Port())
 			old = f.mapped
@@ -286,11 +324,11 @@ func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
 			return true
 		}
 	case keepalive.ReplyBytes:
-		if !u.opt.Reply.MatchBytes(b) {
+		if !f.opt.Reply.MatchBytes(b) {
 			return false
 		}
 		f.mu.Lock()
-		res = u.opt.Heartbeat.Reply(&f.ka, mono(), false, keepalive.TxID{})
+		res = f.opt.Heartbeat.Reply(&f.ka, mono(), false, keepalive.TxID{})
 		f.mu.Unlock()
 		if !res.Counted {
 			u.st.dropStray.Inc()
@@ -338,12 +376,12 @@ func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
 // service the flow next, or 0 when the flow is gone.
 func (u *udpRoute) service(f *flow, now int64) int64 {
 	last := max(f.lastOut.Load(), f.lastIn.Load())
-	expiry := last + int64(u.opt.FlowIdleTimeout)
+	expiry := last + int64(f.opt.FlowIdleTimeout)
 	if now >= expiry {
 		u.expire(f)
 		return 0
 	}
-	hb := &u.opt.Heartbeat
+	hb := &f.opt.Heartbeat
 	if !hb.Enabled() {
 		return expiry
 	}
@@ -354,7 +392,7 @@ func (u *udpRoute) service(f *flow, now int64) int64 {
 	}
 	d := hb.Tick(&f.ka, now, f.lastOut.Load(), rand.Float64())
 	var id keepalive.TxID
-	if d.Send && u.opt.Payload.Kind == keepalive.PayloadSTUN {
+	if d.Send && f.opt.Payload.Kind == keepalive.PayloadSTUN {
 		id = keepalive.NewTxID()
 		f.ka.Sent(id)
 	}
@@ -377,13 +415,13 @@ func (u *udpRoute) service(f *flow, now int64) int64 {
 // configured TTL set on this datagram only.
 func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
 	c := f.conn.Load()
-	b := u.opt.Payload.Bytes
-	if u.opt.Payload.Kind == keepalive.PayloadSTUN {
+	b := f.opt.Payload.Bytes
+	if f.opt.Payload.Kind == keepalive.PayloadSTUN {
 		u.hbBuf = keepalive.AppendBindingRequest(u.hbBuf[:0], id)
 		b = u.hbBuf
 	}
 	var err error
-	if oob := u.ttlOOB(c); oob != nil {
+	if oob := f.opt.ttlOOB(c); oob != nil {
 		_, _, err = c.WriteMsgUDP(b, oob, nil)
 	} else {
 		_, err = c.Write(b)
@@ -399,22 +437,25 @@ func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
 	u.st.heartbeats.Inc()
 }
 
-func (u *udpRoute) ttlOOB(c *net.UDPConn) []byte {
-	if u.ttlOOB4 == nil {
+// ttlOOB returns the TTL control message for c's address family, or nil.
+func (o *flowOpts) ttlOOB(c *net.UDPConn) []byte {
+	if o.ttlOOB4 == nil {
 		return nil
 	}
 	if ra, ok := c.RemoteAddr().(*net.UDPAddr); ok && ra.IP.To4() == nil {
-		return u.ttlOOB6
+		return o.ttlOOB6
 	}
-	return u.ttlOOB4
+	return o.ttlOOB4
 }
 
 // rebind re-resolves the upstream and gives the flow a new upstream socket
 // (a new local port, so every NAT on the path creates a fresh mapping); the
 // client side of the flow is untouched.
 func (u *udpRoute) rebind(f *flow) {
-	_ = u.up.resolve(u.ctx) // failures are logged and counted inside
-	c, err := u.dialUpstream()
+	if !f.key.dst.IsValid() {
+		_ = u.up.resolve(u.ctx) // failures are logged and counted inside
+	}
+	c, err := u.dialUpstream(f.key)
 	if err != nil {
 		u.logError("rebind failed", err, "client", f.client)
 		return
@@ -448,11 +489,11 @@ func (u *udpRoute) expire(f *flow) {
 // remove takes the flow out of the table and closes its socket.
 func (u *udpRoute) remove(f *flow) bool {
 	u.mu.Lock()
-	if u.flows[f.client] != f {
+	if u.flows[f.key] != f {
 		u.mu.Unlock()
 		return false
 	}
-	delete(u.flows, f.client)
+	delete(u.flows, f.key)
 	u.mu.Unlock()
 	f.mu.Lock()
 	f.closed = true

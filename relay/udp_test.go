@@ -372,7 +372,7 @@ func TestUDPResponderAndSTUNClient(t *testing.T) {
 	// The mapped address the responder reported is the client relay's
 	// upstream socket, as the echo server sees it.
 	u := cr.udp[0]
-	f := u.flows[netip.MustParseAddrPort(c.LocalAddr().String())]
+	f := u.flows[flowKey{client: netip.MustParseAddrPort(c.LocalAddr().String())}]
 	f.mu.Lock()
 	mapped := f.mapped
 	last, smoothed := f.ka.RTT()

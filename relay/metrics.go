@@ -96,6 +96,7 @@ type udpStats struct {
 	dgUp, dgDown, bytesUp, bytesDown           prometheus.Counter
 	dropUpRefused, dropUpErr, dropClientErr    prometheus.Counter
 	dropUnresolved, dropSetup, dropStray       prometheus.Counter
+	dropLimit, dropNoOrigDst                   prometheus.Counter
 	heartbeats, replies                        prometheus.Counter
 	rtt                                        prometheus.Observer
 	dead, revived, rebinds, mapChanges, stunOK prometheus.Counter
@@ -106,10 +107,8 @@ type udpStats struct {
 func (m *Metrics) udp(route string) *udpStats {
 	l := prometheus.Labels{"route": route, "proto": "udp"}
 	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, "udp", reason) }
-	// Create the flow-limit child too, so it reads 0 instead of being absent.
-	m.flowsRefused.With(l)
-	drop(dropFlowLimit)
 	return &udpStats{
+		dropLimit:   drop(dropFlowLimit),
 		flowsActive: m.flowsActive.With(l), flowsCreated: m.flowsCreated.With(l),
 		flowsExpired: m.flowsExpired.With(l), flowsRefused: m.flowsRefused.With(l),
 		dgUp: m.datagrams.WithLabelValues(route, "udp", "upstream"), dgDown: m.datagrams.WithLabelValues(route, "udp", "downstream"),

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/natkeep/natkeep/keepalive"
@@ -33,6 +34,41 @@ type Route struct {
 	Upstream string // host:port; the host may be a DNS name
 	UDP      UDPOptions
 	TCP      TCPOptions
+
+	// Transparent routes take intercepted traffic (nftables REDIRECT for
+	// TCP, TPROXY for UDP): each flow's upstream is the destination the app
+	// originally addressed, and Upstream is unused.
+	Transparent bool
+	Intercept   []InterceptRule // options by original destination; first match wins, else UDP/TCP above
+	BypassMark  uint32          // SO_MARK on natkeep's own sockets so its traffic is never intercepted; 0 = none
+}
+
+// InterceptRule selects intercepted traffic by destination and gives its
+// flows their options.
+type InterceptRule struct {
+	Proto          Proto
+	Prefix         netip.Prefix // invalid = any destination
+	PortLo, PortHi uint16
+	UDP            UDPOptions
+	TCP            TCPOptions
+}
+
+// Matches reports whether the rule covers traffic to dst.
+func (r InterceptRule) Matches(dst netip.AddrPort) bool {
+	if dst.Port() < r.PortLo || dst.Port() > r.PortHi {
+		return false
+	}
+	return !r.Prefix.IsValid() || r.Prefix.Contains(dst.Addr().Unmap())
+}
+
+// rule returns the first intercept rule of proto matching dst, or nil.
+func (rt *Route) rule(dst netip.AddrPort) *InterceptRule {
+	for i := range rt.Intercept {
+		if rt.Intercept[i].Proto == rt.Proto && rt.Intercept[i].Matches(dst) {
+			return &rt.Intercept[i]
+		}
+	}
+	return nil
 }
 
 // UDPOptions tune a UDP route.

@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"syscall"
 	"time"
@@ -23,6 +25,7 @@ type tcpRoute struct {
 	ln              *net.TCPListener
 	ctx             context.Context
 	resolveInterval time.Duration
+	dialControl     func(network, address string, c syscall.RawConn) error // bypass mark in transparent mode
 
 	mu        sync.Mutex
 	conns     map[*proxyConn]struct{}
@@ -45,14 +48,19 @@ type proxyConn struct {
 
 func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*tcpRoute, error) {
 	st := m.tcp(r.Name)
-	up, err := newUpstream(r.Upstream, log, st.resolveFailures)
-	if err != nil {
-		return nil, err
+	up := originalDst(log, st.resolveFailures)
+	var err error
+	if !r.Transparent {
+		if up, err = newUpstream(r.Upstream, log, st.resolveFailures); err != nil {
+			return nil, err
+		}
 	}
-	return &tcpRoute{
+	t := &tcpRoute{
 		route: r, opt: r.TCP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
 		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
-	}, nil
+	}
+	t.dialControl = bypassControl(r.BypassMark, &t.warnLog, log)
+	return t, nil
 }
 
 func (t *tcpRoute) listen(ctx context.Context) error {
@@ -118,14 +126,14 @@ func (t *tcpRoute) acceptLoop() {
 
 // applyOptions sets keepalive and TCP_USER_TIMEOUT on one socket. Accepted
 // sockets do not inherit TCP_USER_TIMEOUT, so both sides get it here.
-func (t *tcpRoute) applyOptions(c *net.TCPConn) error {
-	if t.opt.Keepalive.Idle > 0 {
-		if err := sockopt.SetKeepalive(c, t.opt.Keepalive); err != nil {
+func applyOptions(c *net.TCPConn, o *TCPOptions) error {
+	if o.Keepalive.Idle > 0 {
+		if err := sockopt.SetKeepalive(c, o.Keepalive); err != nil {
 			return err
 		}
 	}
-	if t.opt.UserTimeout > 0 {
-		if err := sockopt.SetUserTimeout(c, t.opt.UserTimeout); err != nil {
+	if o.UserTimeout > 0 {
+		if err := sockopt.SetUserTimeout(c, o.UserTimeout); err != nil {
 			return err
 		}
 	}
@@ -137,16 +145,33 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	defer t.wg.Done()
 	defer t.forget(pc)
 	client := pc.client
-	if err := t.applyOptions(client); err != nil {
+	opt := &t.opt
+	var addr netip.AddrPort
+	if t.route.Transparent {
+		dst, err := sockopt.OriginalDst(client)
+		if err != nil {
+			// Not an intercepted connection (someone dialed the
+			// listener directly): there is nowhere to relay it.
+			resetClose(client)
+			t.end(pc, endDialError, 0, 0, fmt.Errorf("no original destination: %w", err))
+			return
+		}
+		addr = dst
+		if r := t.route.rule(dst); r != nil {
+			opt = &r.TCP
+		}
+	} else {
+		var ok bool
+		if addr, ok = t.up.Addr(); !ok {
+			resetClose(client)
+			t.end(pc, endDialError, 0, 0, errUnresolved)
+			return
+		}
+	}
+	if err := applyOptions(client, opt); err != nil {
 		t.warn("cannot set socket options on client connection", "err", err)
 	}
-	addr, ok := t.up.Addr()
-	if !ok {
-		resetClose(client)
-		t.end(pc, endDialError, 0, 0, errUnresolved)
-		return
-	}
-	d := net.Dialer{Timeout: t.opt.ConnectTimeout, KeepAlive: -1}
+	d := net.Dialer{Timeout: opt.ConnectTimeout, KeepAlive: -1, Control: t.dialControl}
 	dialStart := time.Now()
 	c, err := d.DialContext(t.ctx, "tcp", addr.String())
 	if err != nil {
@@ -160,7 +185,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	t.mu.Lock()
 	pc.upstream = up
 	t.mu.Unlock()
-	if err := t.applyOptions(up); err != nil {
+	if err := applyOptions(up, opt); err != nil {
 		t.warn("cannot set socket options on upstream connection", "err", err)
 	}
 	if testHookProxying != nil {

@@ -41,7 +41,8 @@ type udpRoute struct {
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // e.g. a bypass mark in transparent mode
 
-	fopt *flowOpts // options of the route's flows
+	fopt     *flowOpts   // options of the route's flows
+	ruleOpts []*flowOpts // transparent routes: options per intercept rule
 
 	mu     sync.Mutex
 	flows  map[flowKey]*flow
@@ -103,9 +104,12 @@ type flow struct {
 
 func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*udpRoute, error) {
 	st := m.udp(r.Name)
-	up, err := newUpstream(r.Upstream, log, st.resolveFailures)
-	if err != nil {
-		return nil, err
+	up := originalDst(log, st.resolveFailures)
+	var err error
+	if !r.Transparent {
+		if up, err = newUpstream(r.Upstream, log, st.resolveFailures); err != nil {
+			return nil, err
+		}
 	}
 	u := &udpRoute{
 		route: r, opt: r.UDP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
@@ -117,6 +121,18 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	if u.fopt, err = newFlowOpts(r.UDP); err != nil {
 		return nil, err
 	}
+	for _, ir := range r.Intercept {
+		if ir.Proto != UDP {
+			u.ruleOpts = append(u.ruleOpts, nil)
+			continue
+		}
+		fo, err := newFlowOpts(ir.UDP)
+		if err != nil {
+			return nil, err
+		}
+		u.ruleOpts = append(u.ruleOpts, fo)
+	}
+	u.dialControl = bypassControl(r.BypassMark, &u.errLog, log)
 	u.sched.init()
 	if u.readers, err = newUpstreamReaders(u); err != nil {
 		return nil, err
@@ -127,6 +143,9 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 // listen binds the route's socket.
 func (u *udpRoute) listen(ctx context.Context) error {
 	var lc net.ListenConfig
+	if u.route.Transparent {
+		lc.Control = sockopt.RecvOrigDstControl
+	}
 	pc, err := lc.ListenPacket(ctx, "udp", u.route.Listen)
 	if err != nil {
 		return err
@@ -144,7 +163,11 @@ func (u *udpRoute) start() {
 	_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
 	u.wg.Add(3)
 	go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
-	go func() { defer u.wg.Done(); u.serveClients() }()
+	if u.route.Transparent {
+		go func() { defer u.wg.Done(); u.serveIntercepted() }()
+	} else {
+		go func() { defer u.wg.Done(); u.serveClients() }()
+	}
 	go func() { defer u.wg.Done(); u.sched.run(u.ctx, u.service) }()
 }
 
@@ -213,6 +236,7 @@ func (u *udpRoute) flowFor(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
 	}
 	if n >= u.opt.MaxFlows {
 		u.st.flowsRefused.Inc()
+		u.st.dropLimit.Inc()
 		if ok, more := u.refuse.allow(); ok {
 			u.log.Warn("UDP flow refused: route at its flow limit", "client", client, "max_flows", u.opt.MaxFlows, "suppressed", more)
 		}
@@ -243,7 +267,7 @@ func (u *udpRoute) flowFor(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
 	u.st.flowsCreated.Inc()
 	u.st.flowsActive.Inc()
 	u.log.Debug("UDP flow started", "client", client, "upstream", c.RemoteAddr(), "local", c.LocalAddr())
-	if err := u.readers.watch(f, c); err != nil {
+	if err := u.readers.watch(f, c, false); err != nil {
 		u.remove(f)
 		u.st.dropSetup.Inc()
 		u.logError("cannot watch upstream socket for new flow", err, "client", client)
@@ -284,7 +308,13 @@ func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 		return
 	}
 	f.lastIn.Store(mono())
-	if _, err := f.out.WriteToUDPAddrPort(b, f.client); err != nil {
+	var err error
+	if f.out == u.ln {
+		_, err = u.ln.WriteToUDPAddrPort(b, f.client)
+	} else {
+		_, err = f.out.Write(b) // a transparent flow's own socket, connected to the client
+	}
+	if err != nil {
 		u.st.dropClientErr.Inc()
 		u.logError("send to client failed", err, "client", f.client)
 		return
@@ -471,7 +501,7 @@ func (u *udpRoute) rebind(f *flow) {
 	f.mu.Unlock()
 	u.readers.unwatch(old)
 	old.Close()
-	if err := u.readers.watch(f, c); err != nil {
+	if err := u.readers.watch(f, c, false); err != nil {
 		u.logError("cannot watch rebound upstream socket", err, "client", f.client)
 	}
 	u.st.rebinds.Inc()
@@ -501,6 +531,10 @@ func (u *udpRoute) remove(f *flow) bool {
 	f.mu.Unlock()
 	u.readers.unwatch(c)
 	c.Close()
+	if f.out != u.ln {
+		u.readers.unwatch(f.out)
+		f.out.Close()
+	}
 	u.st.flowsActive.Dec()
 	return true
 }

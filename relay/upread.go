@@ -13,8 +13,10 @@ import (
 // with one shared buffer, so an idle flow costs no goroutine and no buffer;
 // elsewhere each flow gets a reading goroutine.
 type upstreamReaders interface {
-	// watch starts delivering c's datagrams for flow f.
-	watch(f *flow, c *net.UDPConn) error
+	// watch starts delivering c's datagrams for flow f: to fromUpstream,
+	// or with fromClient (a transparent flow's client-side socket) to
+	// fromClientConn.
+	watch(f *flow, c *net.UDPConn, fromClient bool) error
 	// unwatch stops delivering c's datagrams; call it before closing c.
 	unwatch(c *net.UDPConn)
 	// stop ends all watching and waits for the reader goroutines.
@@ -40,7 +42,11 @@ type goReaders struct {
 	wg sync.WaitGroup
 }
 
-func (g *goReaders) watch(f *flow, c *net.UDPConn) error {
+func (g *goReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
+	handle := g.u.fromUpstream
+	if fromClient {
+		handle = g.u.fromClientConn
+	}
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
@@ -54,7 +60,7 @@ func (g *goReaders) watch(f *flow, c *net.UDPConn) error {
 				g.u.upstreamError(f, c, err)
 				continue
 			}
-			g.u.fromUpstream(f, buf[:n])
+			handle(f, buf[:n])
 		}
 	}()
 	return nil

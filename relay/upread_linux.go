@@ -70,12 +70,16 @@ func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
 	return e, nil
 }
 
-func (e *epollReaders) watch(f *flow, c *net.UDPConn) error {
+func (e *epollReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	reg := &watchReg{f: f, c: c, rc: rc}
+	handle := e.u.fromUpstream
+	if fromClient {
+		handle = e.u.fromClientConn
+	}
 	reg.fn = func(fd uintptr) bool {
 		for range maxBurst {
 			n, err := unix.Read(int(fd), e.buf)
@@ -89,7 +93,7 @@ func (e *epollReaders) watch(f *flow, c *net.UDPConn) error {
 				e.u.upstreamError(reg.f, reg.c, err)
 				continue // the error is cleared; queued datagrams may follow
 			}
-			e.u.fromUpstream(reg.f, e.buf[:n])
+			handle(reg.f, e.buf[:n])
 		}
 		return true // never wait in Go's poller: epoll tells us when
 	}

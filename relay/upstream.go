@@ -27,6 +27,12 @@ type upstream struct {
 	resolver *net.Resolver
 }
 
+// originalDst stands in for the upstream of a transparent route, whose
+// flows each go to the destination the app addressed.
+func originalDst(log *slog.Logger, failures prometheus.Counter) *upstream {
+	return &upstream{hostport: "original destination", fixed: true, log: log, failures: failures}
+}
+
 func newUpstream(hostport string, log *slog.Logger, failures prometheus.Counter) (*upstream, error) {
 	host, p, err := net.SplitHostPort(hostport)
 	if err != nil {

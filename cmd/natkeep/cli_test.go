@@ -33,6 +33,7 @@ var cliHelpDefault = map[string]string{
 	"ADMIN_ADDR":          ":9299",
 	"TCP_USER_TIMEOUT":    "idle+interval*count",
 	"UDP_HEARTBEAT_REPLY": "(by payload)",
+	"INTERCEPT":           "(off)",
 }
 
 func TestHelpListsEveryVariable(t *testing.T) {
@@ -49,36 +50,40 @@ func TestHelpListsEveryVariable(t *testing.T) {
 			if typ.NumField() < 19 {
 				t.Fatalf("envConfig has only %d fields", typ.NumField())
 			}
-			for i := range typ.NumField() {
-				f := typ.Field(i)
-				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-				if key == "" {
-					t.Errorf("field %s has no env tag", f.Name)
-					continue
-				}
-				def, ok := cliHelpDefault[key]
-				if !ok {
-					def, ok = f.Tag.Lookup("envDefault")
-				}
-				if !ok || def == "" {
-					t.Errorf("field %s (%s) has no default to show", f.Name, key)
-					continue
-				}
-				help := f.Tag.Get("help")
-				if help == "" {
-					t.Errorf("field %s (%s) has no help tag", f.Name, key)
-				}
-				// One line per variable: name, default, help, separated by
-				// tabwriter padding.
-				re := regexp.MustCompile(`(?m)^  NATKEEP_` + regexp.QuoteMeta(key) + ` +` + regexp.QuoteMeta(def) + ` +` + regexp.QuoteMeta(help) + `$`)
-				if !re.MatchString(out) {
-					t.Errorf("help has no line for NATKEEP_%s with default %q and its help text", key, def)
+			total := 0
+			for _, typ := range []reflect.Type{typ, reflect.TypeFor[interceptEnv]()} {
+				total += typ.NumField()
+				for i := range typ.NumField() {
+					f := typ.Field(i)
+					key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+					if key == "" {
+						t.Errorf("field %s has no env tag", f.Name)
+						continue
+					}
+					def, ok := cliHelpDefault[key]
+					if !ok {
+						def, ok = f.Tag.Lookup("envDefault")
+					}
+					if !ok || def == "" {
+						t.Errorf("field %s (%s) has no default to show", f.Name, key)
+						continue
+					}
+					help := f.Tag.Get("help")
+					if help == "" {
+						t.Errorf("field %s (%s) has no help tag", f.Name, key)
+					}
+					// One line per variable: name, default, help, separated by
+					// tabwriter padding.
+					re := regexp.MustCompile(`(?m)^  NATKEEP_` + regexp.QuoteMeta(key) + ` +` + regexp.QuoteMeta(def) + ` +` + regexp.QuoteMeta(help) + `$`)
+					if !re.MatchString(out) {
+						t.Errorf("help has no line for NATKEEP_%s with default %q and its help text", key, def)
+					}
 				}
 			}
 			// No variable is printed that envConfig does not have.
 			names := regexp.MustCompile(`(?m)^  (NATKEEP_[A-Z_]+) `).FindAllStringSubmatch(out, -1)
-			if len(names) != typ.NumField() {
-				t.Errorf("help lists %d variable lines, envConfig has %d fields", len(names), typ.NumField())
+			if len(names) != total {
+				t.Errorf("help lists %d variable lines, envConfig and interceptEnv have %d fields", len(names), total)
 			}
 		})
 	}
@@ -165,7 +170,7 @@ func TestCLIConfigError(t *testing.T) {
 		want string
 	}{
 		{"no routes", map[string]string{}, "natkeep: NATKEEP_ROUTES is required"},
-		{"empty routes", map[string]string{"NATKEEP_ROUTES": ""}, "natkeep: NATKEEP_ROUTES is empty"},
+		{"empty routes", map[string]string{"NATKEEP_ROUTES": ""}, "natkeep: NATKEEP_ROUTES is required"},
 		{"bad route", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1,udp://:99999/x:1"},
 			`natkeep: NATKEEP_ROUTES entry 2 "udp://:99999/x:1": listen port 99999 out of range 1..65535` + "\n"},
 		{"bad variable", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1", "NATKEEP_UDP_HEARTBEAT_TTL": "300"},

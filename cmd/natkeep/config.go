@@ -27,7 +27,7 @@ const defaultAdminAddr = ":9299"
 // envConfig is the environment as caarlos0/env parses it. The help tag is
 // what `natkeep help` prints, so the documentation lives next to the field.
 type envConfig struct {
-	Routes string `env:"ROUTES,required,notEmpty" help:"comma-separated routes PROTO://LISTEN/UPSTREAM[?key=value&...] (required)"`
+	Routes string `env:"ROUTES" help:"comma-separated routes PROTO://LISTEN/UPSTREAM[?key=value&...] (required unless NATKEEP_INTERCEPT is set)"`
 
 	HeartbeatInterval time.Duration `env:"UDP_HEARTBEAT_INTERVAL" envDefault:"20s" help:"send a heartbeat after this much outbound silence on a flow, then every interval, jittered to 80-100%; 0 turns heartbeats off"`
 	HeartbeatPayload  string        `env:"UDP_HEARTBEAT_PAYLOAD" envDefault:"empty" help:"empty, nat-t (0xFF), crlf, stun, hex:<bytes> or text:<string>"`
@@ -54,7 +54,8 @@ type envConfig struct {
 // config is the validated configuration that main wires together.
 type config struct {
 	Relay     relay.Config
-	AdminAddr string // "" = no admin server
+	Intercept *interceptConfig // transparent mode; no rules when off
+	AdminAddr string           // "" = no admin server
 	LogLevel  string
 	LogFormat string
 }
@@ -132,11 +133,31 @@ func loadConfig(environ map[string]string) (*config, error) {
 		return nil, globalError(err)
 	}
 
-	routes, err := parseRoutes(ec.Routes, defs)
+	ic, err := loadInterceptConfig(environ)
 	if err != nil {
 		return nil, err
 	}
-	c.Relay.Routes = routes
+	var routes []relay.Route
+	if strings.TrimSpace(ec.Routes) == "" {
+		if !ic.Enabled() {
+			return nil, errorf("%s is required (or %s for transparent mode): set it to a route list such as udp://127.0.0.1:5060/sip.example.net:5060", envKey("Routes"), interceptKey("Intercept"))
+		}
+	} else if routes, err = parseRoutes(ec.Routes, defs); err != nil {
+		return nil, err
+	}
+	transparent, err := interceptRoutes(ic, defs)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range transparent {
+		for _, r := range routes {
+			if conflicts(string(t.Proto)+" "+t.Listen, string(r.Proto)+" "+r.Listen) {
+				return nil, errorf("%s: route %q listens on %s, the transparent %s listener's port", envKey("Routes"), r.Name, r.Listen, t.Proto)
+			}
+		}
+	}
+	c.Relay.Routes = append(routes, transparent...)
+	c.Intercept = ic
 	return c, nil
 }
 
@@ -539,4 +560,47 @@ func knownKeys() string {
 	}
 	slices.Sort(keys)
 	return strings.Join(keys, ", ")
+}
+
+// interceptRoutes builds the transparent listeners that NATKEEP_INTERCEPT
+// needs: one per protocol, carrying every rule of that protocol with its
+// options (the global defaults plus the entry's overrides).
+func interceptRoutes(ic *interceptConfig, defs routeSettings) ([]relay.Route, error) {
+	var rules []relay.InterceptRule
+	for _, r := range ic.Rules {
+		ir := relay.InterceptRule{Proto: relay.Proto(r.Proto), Prefix: r.Prefix, PortLo: r.PortLo, PortHi: r.PortHi}
+		var err error
+		switch ir.Proto {
+		case relay.UDP:
+			ir.UDP, err = r.udpOptions(defs)
+		case relay.TCP:
+			ir.TCP, err = r.tcpOptions(defs)
+		}
+		if err != nil {
+			return nil, err
+		}
+		rules = append(rules, ir)
+	}
+	var routes []relay.Route
+	for _, p := range []struct {
+		proto relay.Proto
+		port  uint16
+	}{{relay.TCP, ic.TCPPort}, {relay.UDP, ic.UDPPort}} {
+		if !ic.HasProto(string(p.proto)) {
+			continue
+		}
+		r := relay.Route{
+			Name: fmt.Sprintf("intercept %s", p.proto), Proto: p.proto, Listen: fmt.Sprintf(":%d", p.port),
+			Transparent: true, Intercept: rules, BypassMark: ic.BypassMark,
+		}
+		var err error
+		if r.UDP, err = defs.udp(); err != nil {
+			return nil, globalError(err)
+		}
+		if r.TCP, err = defs.tcp(); err != nil {
+			return nil, globalError(err)
+		}
+		routes = append(routes, r)
+	}
+	return routes, nil
 }

@@ -478,12 +478,24 @@ func TestConfigRoutesRequired(t *testing.T) {
 	if strings.Contains(msg, "%!") {
 		t.Errorf("formatting artefact in %q", msg)
 	}
-	cfgWantErr(t, map[string]string{}, "NATKEEP_ROUTES is required")
-	cfgWantErr(t, cfgEnv(""), "NATKEEP_ROUTES is empty")
-	cfgWantErr(t, cfgEnv("   "), cfgRouteErrPrefix(1, ""), "empty route")
-	// ROUTES is the first field, so its absence is reported before a bad
-	// optional variable.
-	cfgWantErr(t, map[string]string{"NATKEEP_UDP_HEARTBEAT_TTL": "x"}, "NATKEEP_ROUTES is required")
+	cfgWantErr(t, map[string]string{}, "NATKEEP_ROUTES is required (or NATKEEP_INTERCEPT")
+	cfgWantErr(t, cfgEnv(""), "NATKEEP_ROUTES is required")
+	cfgWantErr(t, cfgEnv("   "), "NATKEEP_ROUTES is required")
+	cfgWantErr(t, cfgEnv(" , "), cfgRouteErrPrefix(1, ""), "empty route")
+	// A bad value of another variable is reported as such.
+	cfgWantErr(t, map[string]string{"NATKEEP_UDP_HEARTBEAT_TTL": "x"}, "NATKEEP_UDP_HEARTBEAT_TTL")
+	// With interception configured, routes are optional.
+	c, err := loadConfig(map[string]string{"NATKEEP_INTERCEPT": "udp:5060,tcp:10.0.0.0/8:5432?keepalive_idle=30s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Relay.Routes) != 2 || !c.Relay.Routes[0].Transparent || c.Relay.Routes[0].Listen != ":15001" || c.Relay.Routes[1].Listen != ":15002" {
+		t.Fatalf("transparent routes: %+v", c.Relay.Routes)
+	}
+	if got := c.Relay.Routes[0].Intercept[1].TCP.Keepalive.Idle; got != 30*time.Second {
+		t.Fatalf("per-entry override lost: keepalive idle %v", got)
+	}
+	cfgWantErr(t, map[string]string{"NATKEEP_INTERCEPT": "tcp:5432", "NATKEEP_ROUTES": "tcp://:15001/x:1"}, "transparent tcp listener")
 }
 
 func TestConfigRouteParsing(t *testing.T) {

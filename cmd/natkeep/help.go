@@ -33,7 +33,18 @@ Routes (NATKEEP_ROUTES, comma-separated):
 Variables:
 `)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	t := reflect.TypeFor[envConfig]()
+	printVars(tw, reflect.TypeFor[envConfig]())
+	tw.Flush()
+	fmt.Fprint(w, `
+Transparent mode (natkeep intercept install|remove|show programs the rules;
+the intercepted traffic's original destination is each flow's upstream):
+`)
+	printVars(tw, reflect.TypeFor[interceptEnv]())
+	tw.Flush()
+}
+
+// printVars writes one line per variable of an env struct.
+func printVars(tw *tabwriter.Writer, t reflect.Type) {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
@@ -41,6 +52,8 @@ Variables:
 		switch key {
 		case "ROUTES":
 			def = "(required)"
+		case "INTERCEPT":
+			def = "(off)"
 		case "ADMIN_ADDR":
 			def = defaultAdminAddr
 		case "TCP_USER_TIMEOUT":
@@ -50,5 +63,4 @@ Variables:
 		}
 		fmt.Fprintf(tw, "  %s%s\t%s\t%s\n", envPrefix, key, def, f.Tag.Get("help"))
 	}
-	tw.Flush()
 }

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// transparentEnv is natkeep's environment in transparent mode for these
+// tests: natkeep runs as root here, so its traffic bypasses interception by
+// its SO_MARK, not by UID (UID 0 would exempt the app too).
+func transparentEnv(intercept string, extra ...string) []string {
+	return append([]string{
+		"NATKEEP_INTERCEPT=" + intercept,
+		"NATKEEP_INTERCEPT_UID=off",
+		"NATKEEP_UDP_HEARTBEAT_INTERVAL=1s",
+		"NATKEEP_TCP_KEEPALIVE_IDLE=1s", "NATKEEP_TCP_KEEPALIVE_INTERVAL=1s", "NATKEEP_TCP_KEEPALIVE_COUNT=3",
+	}, extra...)
+}
+
+// installIntercept runs `natkeep intercept install` in the client namespace
+// and removes the rules at cleanup.
+func installIntercept(t *testing.T, l *natLab, env []string) {
+	t.Helper()
+	cmd := func(verb string) []string {
+		args := append([]string{"ip", "netns", "exec", l.Client, "env"}, env...)
+		return append(args, natkeepBinary(t), "intercept", verb)
+	}
+	if out, err := l.tryRun("", cmd("install")...); err != nil {
+		t.Fatalf("intercept install: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := l.tryRun("", cmd("remove")...); err != nil {
+			t.Errorf("intercept remove: %v\n%s", err, out)
+		}
+	})
+}
+
+// TestTransparentUDPKeepsMapping: an unmodified app sends straight to the
+// server's real address; interception hands the flow to natkeep, whose
+// heartbeats keep the router's 2 s mapping alive, so the server's push after
+// 10 s of silence reaches the app, from the server's own address. Without
+// natkeep (control) the same push is lost.
+func TestTransparentUDPKeepsMapping(t *testing.T) {
+	const idle = 10 * time.Second
+	run := func(t *testing.T, withNatkeep bool) (pushed bool, from netip.AddrPort, server *udpPeer) {
+		l := newNATLab(t, labConfig{UDPTimeout: 2 * time.Second, UDPStreamTimeout: 2 * time.Second})
+		server = newUDPPeer(t, l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9000).String()))
+		if withNatkeep {
+			env := transparentEnv("udp:9000")
+			installIntercept(t, l, env)
+			startNatkeep(t, l, env...)
+		}
+		serverAddr := netip.AddrPortFrom(l.ServerAddr, 9000)
+		app := newUDPPeer(t, l.dialUDP(t, l.Client, serverAddr.String()))
+		if _, err := app.conn.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		hello, ok := server.waitData(10*time.Second, "hello")
+		if !ok {
+			t.Fatal("server never got the app's datagram")
+		}
+		if _, err := server.conn.WriteToUDPAddrPort([]byte("welcome"), hello.from); err != nil {
+			t.Fatal(err)
+		}
+		w, ok := app.waitData(10*time.Second, "welcome")
+		if !ok {
+			t.Fatal("app never got the immediate reply")
+		}
+		if w.from != serverAddr {
+			t.Fatalf("app saw the reply from %v, want the server's address %v", w.from, serverAddr)
+		}
+		time.Sleep(idle)
+		if _, err := server.conn.WriteToUDPAddrPort([]byte("push"), hello.from); err != nil {
+			t.Fatal(err)
+		}
+		g, pushed := app.waitData(3*time.Second, "push")
+		return pushed, g.from, server
+	}
+	t.Run("natkeep", func(t *testing.T) {
+		t.Parallel()
+		pushed, from, server := run(t, true)
+		if !pushed {
+			t.Fatal("push after 10 s idle lost despite transparent natkeep")
+		}
+		if from.Addr() != server.conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr() || from.Port() != 9000 {
+			t.Fatalf("push came from %v, want the server's address", from)
+		}
+		if n := server.count(""); n < 5 {
+			t.Fatalf("server saw %d heartbeats", n)
+		}
+	})
+	t.Run("control without natkeep", func(t *testing.T) {
+		t.Parallel()
+		if pushed, _, _ := run(t, false); pushed {
+			t.Fatal("push arrived without natkeep: the lab did not expire the mapping")
+		}
+	})
+}
+
+// TestTransparentTCPKeepsConnection: the same for TCP: the app connects to
+// the server's real address, natkeep's keepalive keeps the router's 5 s
+// established entry alive, and the server's push after 15 s arrives.
+func TestTransparentTCPKeepsConnection(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ipv6=%v", v6), func(t *testing.T) {
+			t.Parallel()
+			l := newNATLab(t, labConfig{TCPEstablishedTimeout: 5 * time.Second, IPv6: v6})
+			serverIP := l.ServerAddr
+			if v6 {
+				serverIP = l.ServerAddr6
+			}
+			serverAddr := netip.AddrPortFrom(serverIP, 9100)
+			ln := l.listenTCP(t, l.Server, serverAddr.String())
+			env := transparentEnv("tcp:9100")
+			installIntercept(t, l, env)
+			nk := startNatkeep(t, l, env...)
+			accepted := make(chan *net.TCPConn, 1)
+			go func() {
+				if c, err := ln.AcceptTCP(); err == nil {
+					accepted <- c
+				}
+			}()
+			app := l.dialTCP(t, l.Client, serverAddr.String())
+			var server *net.TCPConn
+			select {
+			case server = <-accepted:
+				t.Cleanup(func() { server.Close() })
+			case <-time.After(15 * time.Second):
+				t.Fatal("server never accepted")
+			}
+			exchange(t, app, server, "req1")
+			exchange(t, server, app, "resp1")
+			admin := nsHTTPClient(t, l, l.Client)
+			if n := metricValue(scrapeWith(t, admin, "127.0.0.1:9299"), "natkeep_tcp_connections_active", map[string]string{"route": "intercept tcp"}); n != 1 {
+				t.Fatalf("natkeep proxies %v intercepted connections, want 1", n)
+			}
+			time.Sleep(15 * time.Second)
+			exchange(t, server, app, "push")
+			exchange(t, app, server, "req2")
+			_ = nk
+		})
+	}
+}

@@ -1,0 +1,16 @@
+//go:build !linux
+
+package sockopt
+
+import "syscall"
+
+// SetMark is not supported on this platform.
+func SetMark(c syscall.Conn, mark uint32) error { return notSupported("SO_MARK") }
+
+// MarkControl returns a hook that fails: SO_MARK is not supported on this platform.
+func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error { return notSupported("SO_MARK") }
+}
+
+// GetMark is not supported on this platform.
+func GetMark(c syscall.Conn) (uint32, error) { return 0, notSupported("SO_MARK") }

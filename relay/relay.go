@@ -77,19 +77,26 @@ func (r *Relay) add(rt Route, m *Metrics) error {
 // Start binds every listener and starts relaying. If any listener cannot be
 // bound, the ones already bound are closed and the error names the route.
 func (r *Relay) Start() error {
-	for _, u := range r.udp {
-		if err := u.listen(r.ctx); err != nil {
-			r.Close()
-			return fmt.Errorf("route %q: listen udp %s: %w", u.route.Name, u.route.Listen, err)
+	var ui, ti int
+	for _, rt := range r.cfg.Routes {
+		switch rt.Proto {
+		case UDP:
+			u := r.udp[ui]
+			ui++
+			if err := u.listen(r.ctx); err != nil {
+				r.Close()
+				return fmt.Errorf("route %q: listen udp %s: %w", u.route.Name, u.route.Listen, err)
+			}
+			r.addrs = append(r.addrs, u.ln.LocalAddr())
+		case TCP:
+			t := r.tcp[ti]
+			ti++
+			if err := t.listen(r.ctx); err != nil {
+				r.Close()
+				return fmt.Errorf("route %q: listen tcp %s: %w", t.route.Name, t.route.Listen, err)
+			}
+			r.addrs = append(r.addrs, t.ln.Addr())
 		}
-		r.addrs = append(r.addrs, u.ln.LocalAddr())
-	}
-	for _, t := range r.tcp {
-		if err := t.listen(r.ctx); err != nil {
-			r.Close()
-			return fmt.Errorf("route %q: listen tcp %s: %w", t.route.Name, t.route.Listen, err)
-		}
-		r.addrs = append(r.addrs, t.ln.Addr())
 	}
 	for _, u := range r.udp {
 		u.start()
@@ -101,8 +108,7 @@ func (r *Relay) Start() error {
 	return nil
 }
 
-// Addrs returns the bound listener addresses: UDP routes first, then TCP,
-// each in configuration order.
+// Addrs returns the bound listener addresses in configuration order.
 func (r *Relay) Addrs() []net.Addr { return r.addrs }
 
 // Ready reports whether every listener is bound and the relay is not draining.

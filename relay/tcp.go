@@ -60,6 +60,7 @@ func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
 	}
 	t.dialControl = bypassControl(r.BypassMark, &t.warnLog, log)
+	t.up.resolver = markedResolver(t.dialControl)
 	return t, nil
 }
 

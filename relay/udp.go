@@ -133,6 +133,7 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		u.ruleOpts = append(u.ruleOpts, fo)
 	}
 	u.dialControl = bypassControl(r.BypassMark, &u.errLog, log)
+	u.up.resolver = markedResolver(u.dialControl)
 	u.sched.init()
 	if u.readers, err = newUpstreamReaders(u); err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package sockopt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"syscall"
@@ -65,31 +66,40 @@ func ParseOrigDst(oob []byte) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-// OriginalDst returns the destination an app originally connected to, for a TCP connection that a nat REDIRECT rule diverted to natkeep's listener: SO_ORIGINAL_DST (IPv4, also an IPv4 connection accepted on a dual-stack listener) or IP6T_SO_ORIGINAL_DST (IPv6), both read from conntrack.
+// ErrNotRedirected is wrapped by OriginalDst's error for a connection that no REDIRECT rule diverted: one made straight to the listener.
+var ErrNotRedirected = errors.New("the connection was not redirected")
+
+// OriginalDst returns the destination an app originally connected to, for a TCP connection that a nat REDIRECT rule diverted to natkeep's listener: SO_ORIGINAL_DST (IPv4, also an IPv4 connection accepted on a dual-stack listener) or IP6T_SO_ORIGINAL_DST (IPv6), both read from conntrack. Neither option needs a capability.
 //
-// A connection that was not redirected either fails with an error wrapping
-// ENOENT (conntrack does not track it) or returns the connection's own local
-// address (conntrack tracks it but nothing was rewritten); callers must
-// reject a result equal to their listener's address, or they would dial
-// themselves. Neither option needs a capability.
+// A connection made straight to the listener was not redirected; the error
+// then wraps ErrNotRedirected, so a proxy never dials itself. Conntrack
+// either does not know such a connection (the error also wraps ENOENT) or
+// reports the connection's own local address as its "original" destination,
+// which OriginalDst turns into the same error.
 func OriginalDst(c syscall.Conn) (netip.AddrPort, error) {
-	var ap netip.AddrPort
+	var ap, local netip.AddrPort
 	err := control(c, "SO_ORIGINAL_DST", func(fd int) error {
 		v6, _, err := socketFamily(fd)
 		if err != nil {
 			return err
 		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return fmt.Errorf("sockopt: get SO_ORIGINAL_DST: getsockname: %w", err)
+		}
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+		}
 		if v6 {
-			sa, err := unix.Getsockname(fd)
-			if err != nil {
-				return fmt.Errorf("sockopt: get IP6T_SO_ORIGINAL_DST: getsockname: %w", err)
-			}
-			if s6, ok := sa.(*unix.SockaddrInet6); !ok || !netip.AddrFrom16(s6.Addr).Is4In6() {
+			if !local.Addr().Is4In6() {
 				// IPv6MTUInfo starts with a struct sockaddr_in6 and is
 				// larger than one, so x/sys's getter reads it without unsafe.
-				mi, err := unix.GetsockoptIPv6MTUInfo(fd, unix.IPPROTO_IPV6, ip6tSOOriginalDst)
-				if err != nil {
-					return fmt.Errorf("sockopt: get IP6T_SO_ORIGINAL_DST: %w%s", err, origDstHint(err))
+				mi, gerr := unix.GetsockoptIPv6MTUInfo(fd, unix.IPPROTO_IPV6, ip6tSOOriginalDst)
+				if gerr != nil {
+					return origDstError("IP6T_SO_ORIGINAL_DST", gerr)
 				}
 				if mi.Addr.Family != unix.AF_INET6 {
 					return fmt.Errorf("sockopt: get IP6T_SO_ORIGINAL_DST: address family %d, want AF_INET6", mi.Addr.Family)
@@ -102,9 +112,9 @@ func OriginalDst(c syscall.Conn) (netip.AddrPort, error) {
 		}
 		// IPv6Mreq is 20 bytes, more than a struct sockaddr_in (16), so
 		// x/sys's getter reads one without unsafe.
-		mr, err := unix.GetsockoptIPv6Mreq(fd, unix.IPPROTO_IP, unix.SO_ORIGINAL_DST)
-		if err != nil {
-			return fmt.Errorf("sockopt: get SO_ORIGINAL_DST: %w%s", err, origDstHint(err))
+		mr, gerr := unix.GetsockoptIPv6Mreq(fd, unix.IPPROTO_IP, unix.SO_ORIGINAL_DST)
+		if gerr != nil {
+			return origDstError("SO_ORIGINAL_DST", gerr)
 		}
 		b := mr.Multiaddr[:]
 		if binary.NativeEndian.Uint16(b) != unix.AF_INET {
@@ -116,18 +126,23 @@ func OriginalDst(c syscall.Conn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
+	if ap.Addr().Unmap() == local.Addr().Unmap() && ap.Port() == local.Port() {
+		// Tracked, but nothing was rewritten: made straight to the listener.
+		return netip.AddrPort{}, fmt.Errorf("sockopt: SO_ORIGINAL_DST: %s is the connection's own local address: %w", ap, ErrNotRedirected)
+	}
 	return ap, nil
 }
 
-// origDstHint explains the usual errno of SO_ORIGINAL_DST.
-func origDstHint(err error) string {
+// origDstError names the option and explains its usual errno; ENOENT
+// (conntrack does not know the connection) also wraps ErrNotRedirected.
+func origDstError(name string, err error) error {
 	switch err {
 	case unix.ENOENT:
-		return " (conntrack has no entry: the connection was not redirected)"
+		return fmt.Errorf("sockopt: get %s: %w (conntrack has no entry: %w)", name, err, ErrNotRedirected)
 	case unix.ENOPROTOOPT:
-		return " (not a TCP or SCTP socket, or nf_conntrack is not loaded)"
+		return fmt.Errorf("sockopt: get %s: %w (not a TCP or SCTP socket, or nf_conntrack is not loaded)", name, err)
 	}
-	return ""
+	return fmt.Errorf("sockopt: get %s: %w", name, err)
 }
 
 // ntohs turns a port stored in network byte order in a uint16 field into

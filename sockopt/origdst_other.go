@@ -3,9 +3,13 @@
 package sockopt
 
 import (
+	"errors"
 	"net/netip"
 	"syscall"
 )
+
+// ErrNotRedirected is wrapped by OriginalDst's error for a connection that no REDIRECT rule diverted.
+var ErrNotRedirected = errors.New("the connection was not redirected")
 
 // OrigDstOOBSize is the oob size the Linux implementation needs; kept here
 // so callers compile everywhere.

@@ -156,6 +156,12 @@ func loadConfig(environ map[string]string) (*config, error) {
 			}
 		}
 	}
+	if ic.Enabled() {
+		// natkeep's own traffic on ordinary routes must not be caught either.
+		for i := range routes {
+			routes[i].BypassMark = ic.BypassMark
+		}
+	}
 	c.Relay.Routes = append(routes, transparent...)
 	c.Intercept = ic
 	return c, nil

@@ -135,6 +135,10 @@ func serve(cfg *config, log *slog.Logger) int {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := relay.NewMetrics(reg)
 
+	if err := checkBypass(cfg.Intercept); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
 	r, err := relay.New(cfg.Relay, log, metrics)
 	if err != nil {
 		log.Error("cannot start", "err", err)

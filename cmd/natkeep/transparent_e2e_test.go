@@ -1,9 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -142,5 +148,64 @@ func TestTransparentTCPKeepsConnection(t *testing.T) {
 			exchange(t, app, server, "req2")
 			_ = nk
 		})
+	}
+}
+
+// TestTransparentDirectConnectionReset: a connection made straight to the
+// transparent TCP listener (not redirected) has no original destination;
+// natkeep resets it instead of dialing itself in a loop.
+func TestTransparentDirectConnectionReset(t *testing.T) {
+	l := newNATLab(t, labConfig{})
+	env := transparentEnv("tcp:9100")
+	installIntercept(t, l, env)
+	nk := startNatkeep(t, l, env...)
+	c := l.dialTCP(t, l.Client, "127.0.0.1:15001")
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 1)
+	if _, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("direct connection ended with %v, want a reset", err)
+	}
+	admin := nsHTTPClient(t, l, l.Client)
+	f := scrapeWith(t, admin, "127.0.0.1:9299")
+	if n := metricValue(f, "natkeep_tcp_connections_total", map[string]string{"route": "intercept tcp"}); n != 1 {
+		t.Fatalf("connections total = %v, want 1 (no loop)", n)
+	}
+	_ = nk
+}
+
+// TestTransparentRefusesWithoutBypass: natkeep neither running as the
+// exempt UID nor able to mark its sockets must refuse to start.
+func TestTransparentRefusesWithoutBypass(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to drop CAP_NET_ADMIN from a child")
+	}
+	// The build directory is private to root: copy the binary where uid
+	// 1000 may run it.
+	dir, err := os.MkdirTemp("", "natkeep-uid-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(natkeepBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := dir + "/natkeep"
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = append(os.Environ(), "NATKEEP_INTERCEPT=tcp:9100", "NATKEEP_INTERCEPT_UID=65532", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_INTERCEPT_TCP_PORT="+fmt.Sprint(freePort(t, "tcp")))
+	// Run as uid 1000 with no capabilities: neither bypass works.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+	out, err := cmd.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "cannot mark its sockets") {
+		t.Fatalf("exit %v, output %s", err, out)
 	}
 }

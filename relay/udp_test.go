@@ -442,3 +442,44 @@ func TestUDPDeadPeerRebind(t *testing.T) {
 	}
 	_ = rr
 }
+
+// TestUDPByteReplyConsumed: with a protocol's own ping/pong configured
+// (payload text:PING, reply text:PONG), pongs are consumed and timed, and
+// everything else from the server still reaches the app.
+func TestUDPByteReplyConsumed(t *testing.T) {
+	srv := newUDPServer(t, "udp4", "127.0.0.1:0", false)
+	go func() {
+		// Answer each PING with a PONG, as the server's protocol would.
+		seen := 0
+		for range 200 {
+			got := srv.received()
+			for _, d := range got[seen:] {
+				if string(d.data) == "PING" {
+					_, _ = srv.conn.WriteToUDPAddrPort([]byte("PONG"), d.from)
+				}
+			}
+			seen = len(got)
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	o := udpOpts()
+	o.Payload, _ = keepalive.ParsePayload("text:PING")
+	o.Reply, _ = keepalive.ParseReply("text:PONG", o.Payload)
+	o.Heartbeat = keepalive.Schedule{Interval: 150 * time.Millisecond, DeadAfter: 3, ExpectReply: true}
+	r, m := startRelay(t, newRouteUDP("127.0.0.1:0", srv.addr(), o))
+	c := dialUDP(t, r.Addrs()[0])
+	if _, err := c.Write([]byte("open")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "3 pongs consumed", func() bool { return counter(m.replies) >= 3 })
+	flowSock := srv.received()[0].from
+	if _, err := srv.conn.WriteToUDPAddrPort([]byte("app data"), flowSock); err != nil {
+		t.Fatal(err)
+	}
+	if got := readWithin(t, c, testDeadline); string(got) != "app data" {
+		t.Fatalf("app got %q, want the server's data (pongs must be consumed)", got)
+	}
+	if counter(m.deadPeers) != 0 {
+		t.Fatal("peer declared dead while answering")
+	}
+}

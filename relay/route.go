@@ -80,7 +80,6 @@ type UDPOptions struct {
 	TTL             int           // IP TTL / hop limit of heartbeats only; 0 = the socket's default
 	FlowIdleTimeout time.Duration // forget a flow after this long without application traffic
 	MaxFlows        int
-	ReadBuffer      int // SO_RCVBUF of the listening socket; 0 = kernel default
 }
 
 // TCPOptions tune a TCP route.

@@ -24,6 +24,7 @@ type tcpRoute struct {
 	up              *upstream
 	ln              *net.TCPListener
 	ctx             context.Context
+	cancel          context.CancelFunc
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // bypass mark in transparent mode
 
@@ -55,8 +56,9 @@ func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 			return nil, err
 		}
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	t := &tcpRoute{
-		route: r, opt: r.TCP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
+		route: r, opt: r.TCP, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
 		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
 	}
 	t.dialControl = bypassControl(r.BypassMark, &t.warnLog, log)
@@ -388,6 +390,7 @@ func (t *tcpRoute) resetAll() int {
 func (t *tcpRoute) close() {
 	t.stopAccepting()
 	t.resetAll()
+	t.cancel()
 	t.wg.Wait()
 }
 

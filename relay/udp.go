@@ -30,13 +30,14 @@ const listenReadBuffer = 4 << 20
 // the flow's connected socket; replies come back through upstreamReaders and
 // fromUpstream to the listener.
 type udpRoute struct {
-	route Route
-	opt   UDPOptions
-	log   *slog.Logger
-	st    *udpStats
-	up    *upstream
-	ln    *net.UDPConn
-	ctx   context.Context
+	route  Route
+	opt    UDPOptions
+	log    *slog.Logger
+	st     *udpStats
+	up     *upstream
+	ln     *net.UDPConn
+	ctx    context.Context
+	cancel context.CancelFunc // ends the route's goroutines (resolver, scheduler)
 
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // e.g. a bypass mark in transparent mode
@@ -111,8 +112,9 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 			return nil, err
 		}
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	u := &udpRoute{
-		route: r, opt: r.UDP, log: log, st: st, up: up, ctx: ctx, resolveInterval: resolveInterval,
+		route: r, opt: r.UDP, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
 		flows:  make(map[flowKey]*flow),
 		hbBuf:  make([]byte, 0, 256),
 		refuse: logLimiter{period: 10 * time.Second},
@@ -451,11 +453,20 @@ func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
 		u.hbBuf = keepalive.AppendBindingRequest(u.hbBuf[:0], id)
 		b = u.hbBuf
 	}
-	var err error
-	if oob := f.opt.ttlOOB(c); oob != nil {
-		_, _, err = c.WriteMsgUDP(b, oob, nil)
-	} else {
-		_, err = c.Write(b)
+	send := func() error {
+		if oob := f.opt.ttlOOB(c); oob != nil {
+			_, _, err := c.WriteMsgUDP(b, oob, nil)
+			return err
+		}
+		_, err := c.Write(b)
+		return err
+	}
+	err := send()
+	if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
+		// A queued ICMP port unreachable failed this send, not this
+		// heartbeat: count it, send again.
+		u.st.dropUpRefused.Inc()
+		err = send()
 	}
 	if err != nil {
 		if errors.Is(err, net.ErrClosed) {
@@ -557,6 +568,7 @@ func (u *udpRoute) close() {
 		u.remove(f)
 	}
 	u.sched.stop()
+	u.cancel()
 	u.wg.Wait()
 	u.readers.stop()
 }

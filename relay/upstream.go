@@ -26,6 +26,7 @@ type upstream struct {
 	log      *slog.Logger
 	failures prometheus.Counter
 	resolver *net.Resolver
+	failing  atomic.Bool // the last resolution failed
 }
 
 // originalDst stands in for the upstream of a transparent route, whose
@@ -89,13 +90,21 @@ func (u *upstream) resolve(ctx context.Context) error {
 	}
 	if err != nil {
 		u.failures.Inc()
+		// Warn when resolution starts failing, not on every retry.
+		log := u.log.Warn
+		if u.failing.Swap(true) {
+			log = u.log.Debug
+		}
 		old, ok := u.Addr()
 		if ok {
-			u.log.Warn("upstream name did not resolve; keeping last address", "upstream", u.hostport, "address", old, "err", err)
+			log("upstream name did not resolve; keeping last address", "upstream", u.hostport, "address", old, "err", err)
 		} else {
-			u.log.Warn("upstream name did not resolve; new flows are dropped until it does", "upstream", u.hostport, "err", err)
+			log("upstream name did not resolve; new flows are dropped until it does", "upstream", u.hostport, "err", err)
 		}
 		return err
+	}
+	if u.failing.Swap(false) {
+		u.log.Info("upstream name resolves again", "upstream", u.hostport)
 	}
 	next := netip.AddrPortFrom(addrs[0].Unmap(), u.port)
 	old := u.cur.Swap(&next)

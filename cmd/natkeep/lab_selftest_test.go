@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // Control experiments proving that the NAT lab (lab_test.go) behaves like a

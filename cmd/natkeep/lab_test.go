@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // NAT lab: reusable end-to-end test fixture that runs real sockets and the

@@ -126,7 +126,7 @@ func newLogger(cfg *config, env map[string]string, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 	}
 	_, noColor := env["NO_COLOR"]
-	return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly + ".000", NoColor: noColor || !tty}))
+	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly + ".000", NoColor: noColor || !tty}))
 }
 
 // serve runs the relay and the admin server until a signal, then drains.

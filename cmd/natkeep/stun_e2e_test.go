@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -87,14 +89,12 @@ func nsHTTPClient(t *testing.T, l *natLab, ns string) *http.Client {
 // stunLab is natkeep with STUN heartbeats in the client namespace, a natkeep
 // responder in front of a plain UDP echo server in the server namespace.
 type stunLab struct {
-	l        *natLab
-	client   *labProc
-	resp     *labProc
-	app      *udpPeer
-	route    string
-	metrics  func() float64
-	admin    *http.Client
-	echoSeen func() int
+	l      *natLab
+	client *labProc
+	resp   *labProc
+	app    *udpPeer
+	route  string
+	admin  *http.Client
 }
 
 func newSTUNLab(t *testing.T) *stunLab {

@@ -313,6 +313,9 @@ func (t *tcpRoute) end(pc *proxyConn, reason string, toUp, toDown int64, err err
 	t.st.ends[reason].Inc()
 	t.st.bytesUp.Add(float64(toUp))
 	t.st.bytesDn.Add(float64(toDown))
+	if (reason == endClientClosed || reason == endUpstreamClosed) && !t.log.Enabled(t.ctx, slog.LevelDebug) {
+		return // the common case: nothing to log, so build no attributes
+	}
 	attrs := []any{"client", pc.client.RemoteAddr(), "reason", reason,
 		"duration", time.Since(pc.start).Round(time.Millisecond), "bytes_up", toUp, "bytes_down", toDown}
 	switch reason {

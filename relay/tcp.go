@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -205,34 +204,26 @@ type copyResult struct {
 	err        error
 }
 
-// proxyCopy copies both ways with io.Copy on the bare *net.TCPConns, so the
-// kernel splices. A clean EOF is passed on as a half-close (CloseWrite);
+// proxyCopy copies both ways on the bare *net.TCPConns, so the kernel
+// splices (spliceCopy). A clean EOF is passed on as a half-close (CloseWrite);
 // a failure of either side resets the other at once, so the application
 // sees the failure instead of an ordinary close. It returns why the
 // connection ended and the bytes moved each way.
 func proxyCopy(client, up *net.TCPConn) (reason string, toUp, toDown int64, err error) {
-	results := make(chan copyResult, 2)
-	go func() {
-		n, err := io.Copy(up, client)
-		results <- copyResult{toUpstream: true, n: n, err: err}
-	}()
-	go func() {
-		n, err := io.Copy(client, up)
-		results <- copyResult{toUpstream: false, n: n, err: err}
-	}()
-	var failed bool
-	for range 2 {
-		r := <-results
-		if r.toUpstream {
-			toUp = r.n
-		} else {
-			toDown = r.n
-		}
+	var (
+		mu     sync.Mutex
+		failed bool
+	)
+	// finish records one direction's end: a clean EOF is passed on as a
+	// half-close; the first failure resets both sockets, which also ends
+	// the other direction's copy.
+	finish := func(r copyResult) {
+		mu.Lock()
+		defer mu.Unlock()
 		switch {
 		case failed:
-			// The second copy ended because we closed its sockets.
+			// This copy ended because the sockets were reset.
 		case r.err == nil:
-			// EOF from the source: pass the half-close on.
 			if r.toUpstream {
 				if reason == "" {
 					reason = endClientClosed
@@ -254,6 +245,17 @@ func proxyCopy(client, up *net.TCPConn) (reason string, toUp, toDown int64, err 
 			resetClose(up)
 		}
 	}
+	// One direction in a new goroutine, the other in this one.
+	upDone := make(chan int64, 1)
+	go func() {
+		n, err := spliceCopy(up, client)
+		finish(copyResult{toUpstream: true, n: n, err: err})
+		upDone <- n
+	}()
+	n, cerr := spliceCopy(client, up)
+	finish(copyResult{toUpstream: false, n: n, err: cerr})
+	toDown = n
+	toUp = <-upDone
 	if !failed {
 		client.Close()
 		up.Close()

@@ -70,8 +70,11 @@ func errorf(format string, args ...any) error {
 }
 
 // envKey returns the variable name of an envConfig field.
-func envKey(field string) string {
-	f, ok := reflect.TypeFor[envConfig]().FieldByName(field)
+func envKey(field string) string { return envKeyOf(reflect.TypeFor[envConfig](), field) }
+
+// envKeyOf returns the variable name of a field of the env struct t.
+func envKeyOf(t reflect.Type, field string) string {
+	f, ok := t.FieldByName(field)
 	if !ok {
 		return field
 	}
@@ -84,7 +87,7 @@ func loadConfig(environ map[string]string) (*config, error) {
 	var ec envConfig
 	err := env.ParseWithOptions(&ec, env.Options{Prefix: envPrefix, Environment: environ})
 	if err != nil {
-		return nil, describeEnvError(err, environ)
+		return nil, describeEnvError(err, environ, envKey)
 	}
 	c := &config{LogLevel: ec.LogLevel, LogFormat: ec.LogFormat}
 
@@ -169,14 +172,14 @@ func loadConfig(environ map[string]string) (*config, error) {
 
 // describeEnvError turns the env library's errors into one message that
 // names the variable and its value.
-func describeEnvError(err error, environ map[string]string) error {
+func describeEnvError(err error, environ map[string]string, keyOf func(field string) string) error {
 	var agg env.AggregateError
 	if errors.As(err, &agg) && len(agg.Errors) > 0 {
 		err = agg.Errors[0]
 	}
 	var pe env.ParseError
 	if errors.As(err, &pe) {
-		key := envKey(pe.Name)
+		key := keyOf(pe.Name)
 		cause := pe.Err
 		var ne *strconv.NumError
 		if errors.As(cause, &ne) {

@@ -164,14 +164,7 @@ func (r interceptRule) tcpOptions(defs routeSettings) (relay.TCPOptions, error) 
 }
 
 // interceptKey returns the variable name of an interceptEnv field.
-func interceptKey(field string) string {
-	f, ok := reflect.TypeFor[interceptEnv]().FieldByName(field)
-	if !ok {
-		return field
-	}
-	key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-	return envPrefix + key
-}
+func interceptKey(field string) string { return envKeyOf(reflect.TypeFor[interceptEnv](), field) }
 
 // loadInterceptConfig parses and validates the NATKEEP_INTERCEPT*
 // variables. An unset or blank NATKEEP_INTERCEPT gives a config with no
@@ -180,21 +173,7 @@ func interceptKey(field string) string {
 func loadInterceptConfig(environ map[string]string) (*interceptConfig, error) {
 	var ie interceptEnv
 	if err := env.ParseWithOptions(&ie, env.Options{Prefix: envPrefix, Environment: environ}); err != nil {
-		var agg env.AggregateError
-		if errors.As(err, &agg) && len(agg.Errors) > 0 {
-			err = agg.Errors[0]
-		}
-		var pe env.ParseError
-		if errors.As(err, &pe) {
-			key := interceptKey(pe.Name)
-			cause := pe.Err
-			var ne *strconv.NumError
-			if errors.As(cause, &ne) {
-				cause = ne.Err
-			}
-			return nil, errorf("%s=%q: not a valid %s: %v", key, environ[key], typeWord(pe.Type), cause)
-		}
-		return nil, errorf("configuration: %v", err)
+		return nil, describeEnvError(err, environ, interceptKey)
 	}
 	c := &interceptConfig{}
 	var err error

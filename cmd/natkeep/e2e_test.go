@@ -349,3 +349,18 @@ func TestBinaryBadConfigExits2(t *testing.T) {
 		t.Fatalf("output %q, want %q", out, want)
 	}
 }
+
+// TestBinaryWarnsAboutLimits: a flow limit beyond the ephemeral port range
+// is reported at start-up, so flows failing later are not a surprise.
+func TestBinaryWarnsAboutLimits(t *testing.T) {
+	lo, hi, ok := portRange()
+	if !ok {
+		t.Skip("no /proc/sys/net/ipv4/ip_local_port_range")
+	}
+	port := freePort(t, "udp")
+	nk := startHost(t, fmt.Sprintf("NATKEEP_ROUTES=udp://127.0.0.1:%d/127.0.0.1:9", port), "NATKEEP_ADMIN_ADDR=off",
+		fmt.Sprintf("NATKEEP_UDP_MAX_FLOWS=%d", hi-lo+2))
+	if !nk.waitFor(20*time.Second, "exceeds the ephemeral port range") {
+		t.Fatalf("no warning about the port range:\n%s", nk.Output())
+	}
+}

@@ -170,6 +170,7 @@ func serve(cfg *config, log *slog.Logger) int {
 		return 1
 	}
 	logStart(log, cfg, r)
+	warnLimits(log, cfg.Relay.Routes)
 
 	sig := <-sigs
 	log.Info("draining", "signal", sig.String(), "drain_timeout", cfg.Relay.DrainTimeout)

@@ -32,28 +32,19 @@ import (
 )
 
 // The relay's internal flow API is used only in the adapters below, so a
-// change to it (flow keys, flowFor's parameters, the flow struct, the
+// change to it (flow keys, newFlow's parameters, the flow struct, the
 // upstream readers) is fixed here, in one place.
 
 // benchKey is the flow-table key of an ordinary (non-transparent) client.
 func benchKey(client netip.AddrPort) flowKey { return flowKey{client: client} }
 
-// benchFlowFor is the lookup serveClients does for every client datagram.
-func benchFlowFor(u *udpRoute, client netip.AddrPort) *flow {
-	return u.flowFor(benchKey(client), u.fopt, u.ln)
-}
+// benchLookup is the lookup serveClients does for every client datagram.
+func benchLookup(u *udpRoute, client netip.AddrPort) *flow { return u.lookup(benchKey(client)) }
 
-// benchLookup reads the route's flow table as flowFor does, under its lock.
-func benchLookup(u *udpRoute, client netip.AddrPort) *flow {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.flows[benchKey(client)]
-}
-
-// benchNewFlow builds a flow as flowFor does, on an existing upstream
+// benchNewFlow builds a flow as newFlow does, on an existing upstream
 // socket c, and enters it in the flow table; no reader watches c.
 func benchNewFlow(u *udpRoute, client netip.AddrPort, c *net.UDPConn, now int64) *flow {
-	f := &flow{key: benchKey(client), client: client, opt: u.fopt, out: u.ln, created: now, idx: -1}
+	f := &flow{key: benchKey(client), opt: u.fopt, out: u.ln, created: now, idx: -1}
 	f.conn.Store(c)
 	f.lastOut.Store(now)
 	u.mu.Lock()
@@ -351,7 +342,7 @@ func BenchmarkUDPDownstreamPath(b *testing.B) {
 
 // BenchmarkUDPPathFuncs calls the relay's per-datagram functions directly
 // on a live flow (sendUpstream: client datagram to the flow's upstream
-// socket; fromUpstream: upstream datagram to the client; flowFor: the
+// socket; fromUpstream: upstream datagram to the client; lookup: the
 // lookup every client datagram does), so allocs/op is the relay's alone.
 // Nothing reads what is sent: loopback drops it once the buffers are full,
 // which costs the sender the same syscall.
@@ -382,10 +373,10 @@ func BenchmarkUDPPathFuncs(b *testing.B) {
 			u.fromUpstream(f, p)
 		}
 	})
-	b.Run("flowFor", func(b *testing.B) {
+	b.Run("lookup", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {
-			if benchFlowFor(u, client) != f {
+			if benchLookup(u, client) != f {
 				b.Fatal("wrong flow")
 			}
 		}
@@ -401,7 +392,7 @@ var benchSinkFlow *flow
 
 // BenchmarkFlowLookup looks up flows by client address (netip.AddrPort) in
 // a table of 100k, in random order: "map" is the bare map lookup the route
-// does, "flowFor" the route's whole lookup with its lock, as every client
+// does, "lookup" the route's whole lookup with its lock, as every client
 // datagram does it.
 func BenchmarkFlowLookup(b *testing.B) {
 	const n = 100_000
@@ -422,10 +413,10 @@ func BenchmarkFlowLookup(b *testing.B) {
 			benchSinkFlow = u.flows[mapKeys[order[i%n]]]
 		}
 	})
-	b.Run("flowFor", func(b *testing.B) {
+	b.Run("lookup", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := range b.N {
-			benchSinkFlow = benchFlowFor(u, keys[order[i%n]])
+			benchSinkFlow = benchLookup(u, keys[order[i%n]])
 		}
 	})
 	if benchSinkFlow == nil {
@@ -437,7 +428,7 @@ func BenchmarkFlowLookup(b *testing.B) {
 // service function) wakes 100k idle flows whose heartbeat is due, sends a
 // heartbeat on each and requeues it. One op is one such round: what natkeep
 // spends every heartbeat interval on 100k idle flows. Flows are built as
-// flowFor builds them, but share one upstream socket (100k sockets would
+// newFlow builds them, but share one upstream socket (100k sockets would
 // need 100k file descriptors and local ports). Time is advanced by moving
 // the package's monotonic epoch back 21 s before each round, so every
 // heartbeat (due 16-20 s after the last) is due without waiting.

@@ -62,19 +62,11 @@ func (u *udpRoute) serveIntercepted() {
 				continue
 			}
 		}
-		f.lastOut.Store(mono())
 		u.sendUpstream(f, buf[:n])
 	}
 }
 
 var errNoOrigDst = errors.New("no IP_ORIGDSTADDR control message")
-
-// lookup returns the flow for key, or nil.
-func (u *udpRoute) lookup(key flowKey) *flow {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.flows[key]
-}
 
 // optsFor returns the options of the first intercept rule matching dst.
 func (u *udpRoute) optsFor(dst netip.AddrPort) *flowOpts {
@@ -94,7 +86,7 @@ func (u *udpRoute) newInterceptedFlow(key flowKey) *flow {
 		u.logError("cannot open a socket bound to the original destination", err, "client", key.client, "dst", key.dst)
 		return nil
 	}
-	f := u.flowFor(key, u.optsFor(key.dst), out)
+	f := u.newFlow(key, u.optsFor(key.dst), out)
 	if f == nil {
 		out.Close()
 		return nil
@@ -130,7 +122,4 @@ func (u *udpRoute) dialClientSide(key flowKey) (*net.UDPConn, error) {
 
 // fromClientConn relays a datagram the app sent on an existing transparent
 // flow (it arrived on the flow's client-side socket).
-func (u *udpRoute) fromClientConn(f *flow, b []byte) {
-	f.lastOut.Store(mono())
-	u.sendUpstream(f, b)
-}
+func (u *udpRoute) fromClientConn(f *flow, b []byte) { u.sendUpstream(f, b) }

@@ -26,7 +26,7 @@ const maxDatagram = 65536
 const listenReadBuffer = 4 << 20
 
 // udpRoute relays one UDP listener to its upstream. The path of a datagram:
-// serveClients reads it, flowFor finds the flow, sendUpstream writes it to
+// serveClients reads it, lookup finds the flow, sendUpstream writes it to
 // the flow's connected socket; replies come back through upstreamReaders and
 // fromUpstream to the listener.
 type udpRoute struct {
@@ -85,8 +85,7 @@ func newFlowOpts(o UDPOptions) (*flowOpts, error) {
 
 // flow is one client address and its own connected upstream socket.
 type flow struct {
-	key     flowKey
-	client  netip.AddrPort
+	key     flowKey // key.client is the app's address
 	opt     *flowOpts
 	out     *net.UDPConn // the socket that sends to the client
 	conn    atomic.Pointer[net.UDPConn]
@@ -190,17 +189,21 @@ func (u *udpRoute) serveClients() {
 		if u.opt.Role == RoleResponder && u.answerSTUN(b, from) {
 			continue
 		}
-		f := u.flowFor(flowKey{client: from}, u.fopt, u.ln)
+		key := flowKey{client: from}
+		f := u.lookup(key)
 		if f == nil {
-			continue
+			if f = u.newFlow(key, u.fopt, u.ln); f == nil {
+				continue
+			}
 		}
-		f.lastOut.Store(mono())
 		u.sendUpstream(f, b)
 	}
 }
 
-// sendUpstream writes one application datagram to the flow's upstream.
+// sendUpstream writes one application datagram to the flow's upstream and
+// records it as outbound activity (which postpones the next heartbeat).
 func (u *udpRoute) sendUpstream(f *flow, b []byte) {
+	f.lastOut.Store(mono())
 	c := f.conn.Load()
 	_, err := c.Write(b)
 	if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
@@ -217,31 +220,37 @@ func (u *udpRoute) sendUpstream(f *flow, b []byte) {
 	}
 	if err != nil {
 		u.st.dropUpErr.Inc()
-		u.logError("send upstream failed", err, "client", f.client)
+		u.logError("send upstream failed", err, "client", f.key.client)
 		return
 	}
 	u.st.dgUp.Inc()
 	u.st.bytesUp.Add(float64(len(b)))
 }
 
-// flowFor returns the flow for key, creating it (and its upstream socket)
-// on first sight with options o, replying to the client through out; nil if
-// refused.
-func (u *udpRoute) flowFor(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
-	client := key.client
+// lookup returns the flow for key, or nil: the only flow-table access on
+// the per-datagram path.
+func (u *udpRoute) lookup(key flowKey) *flow {
 	u.mu.Lock()
 	f := u.flows[key]
-	n := len(u.flows)
-	closed := u.closed
 	u.mu.Unlock()
-	if f != nil || closed {
-		return f
+	return f
+}
+
+// newFlow creates the flow for key (and its upstream socket) with options
+// o, replying to the client through out; nil if refused. Only the
+// goroutine reading the listener creates flows, so key is not in the table.
+func (u *udpRoute) newFlow(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
+	u.mu.Lock()
+	n, closed := len(u.flows), u.closed
+	u.mu.Unlock()
+	if closed {
+		return nil
 	}
 	if n >= u.opt.MaxFlows {
 		u.st.flowsRefused.Inc()
 		u.st.dropLimit.Inc()
 		if ok, more := u.refuse.allow(); ok {
-			u.log.Warn("UDP flow refused: route at its flow limit", "client", client, "max_flows", u.opt.MaxFlows, "suppressed", more)
+			u.log.Warn("UDP flow refused: route at its flow limit", "client", key.client, "max_flows", u.opt.MaxFlows, "suppressed", more)
 		}
 		return nil
 	}
@@ -252,11 +261,11 @@ func (u *udpRoute) flowFor(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
 		} else {
 			u.st.dropSetup.Inc()
 		}
-		u.logError("cannot open upstream socket for new flow", err, "client", client)
+		u.logError("cannot open upstream socket for new flow", err, "client", key.client)
 		return nil
 	}
 	now := mono()
-	f = &flow{key: key, client: client, opt: o, out: out, created: now, idx: -1}
+	f := &flow{key: key, opt: o, out: out, created: now, idx: -1}
 	f.conn.Store(c)
 	f.lastOut.Store(now)
 	u.mu.Lock()
@@ -269,11 +278,11 @@ func (u *udpRoute) flowFor(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
 	u.mu.Unlock()
 	u.st.flowsCreated.Inc()
 	u.st.flowsActive.Inc()
-	u.log.Debug("UDP flow started", "client", client, "upstream", c.RemoteAddr(), "local", c.LocalAddr())
+	u.log.Debug("UDP flow started", "client", key.client, "upstream", c.RemoteAddr(), "local", c.LocalAddr())
 	if err := u.readers.watch(f, c, false); err != nil {
 		u.remove(f)
 		u.st.dropSetup.Inc()
-		u.logError("cannot watch upstream socket for new flow", err, "client", client)
+		u.logError("cannot watch upstream socket for new flow", err, "client", key.client)
 		return nil
 	}
 	u.sched.add(f, now)
@@ -313,13 +322,13 @@ func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 	f.lastIn.Store(mono())
 	var err error
 	if f.out == u.ln {
-		_, err = u.ln.WriteToUDPAddrPort(b, f.client)
+		_, err = u.ln.WriteToUDPAddrPort(b, f.key.client)
 	} else {
 		_, err = f.out.Write(b) // a transparent flow's own socket, connected to the client
 	}
 	if err != nil {
 		u.st.dropClientErr.Inc()
-		u.logError("send to client failed", err, "client", f.client)
+		u.logError("send to client failed", err, "client", f.key.client)
 		return
 	}
 	u.st.dgDown.Inc()
@@ -374,11 +383,11 @@ func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
 	u.st.rtt.Observe(res.RTT.Seconds())
 	if res.Revived {
 		u.st.revived.Inc()
-		u.log.Info("UDP peer alive again", "client", f.client, "rtt", res.RTT)
+		u.log.Info("UDP peer alive again", "client", f.key.client, "rtt", res.RTT)
 	}
 	if changed {
 		u.st.mapChanges.Inc()
-		u.log.Warn("NAT mapping changed (rebinding)", "client", f.client, "old_public", old, "new_public", cur)
+		u.log.Warn("NAT mapping changed (rebinding)", "client", f.key.client, "old_public", old, "new_public", cur)
 	}
 	return true
 }
@@ -435,7 +444,7 @@ func (u *udpRoute) service(f *flow, now int64) int64 {
 	}
 	if d.Died {
 		u.st.dead.Inc()
-		u.log.Warn("UDP peer dead: heartbeats unanswered", "client", f.client, "misses", hb.DeadAfter, "upstream", u.up.hostport)
+		u.log.Warn("UDP peer dead: heartbeats unanswered", "client", f.key.client, "misses", hb.DeadAfter, "upstream", u.up.hostport)
 	}
 	if d.Rebind {
 		u.wg.Add(1)
@@ -473,7 +482,7 @@ func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
 			return
 		}
 		u.st.dropUpErr.Inc()
-		u.logError("heartbeat send failed", err, "client", f.client)
+		u.logError("heartbeat send failed", err, "client", f.key.client)
 		return
 	}
 	u.st.heartbeats.Inc()
@@ -499,7 +508,7 @@ func (u *udpRoute) rebind(f *flow) {
 	}
 	c, err := u.dialUpstream(f.key)
 	if err != nil {
-		u.logError("rebind failed", err, "client", f.client)
+		u.logError("rebind failed", err, "client", f.key.client)
 		return
 	}
 	f.mu.Lock()
@@ -514,17 +523,17 @@ func (u *udpRoute) rebind(f *flow) {
 	u.readers.unwatch(old)
 	old.Close()
 	if err := u.readers.watch(f, c, false); err != nil {
-		u.logError("cannot watch rebound upstream socket", err, "client", f.client)
+		u.logError("cannot watch rebound upstream socket", err, "client", f.key.client)
 	}
 	u.st.rebinds.Inc()
-	u.log.Info("UDP flow rebound to a new local port", "client", f.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", c.RemoteAddr())
+	u.log.Info("UDP flow rebound to a new local port", "client", f.key.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", c.RemoteAddr())
 }
 
 // expire forgets a flow that has been idle for the idle timeout.
 func (u *udpRoute) expire(f *flow) {
 	if u.remove(f) {
 		u.st.flowsExpired.Inc()
-		u.log.Debug("UDP flow expired", "client", f.client, "age", time.Duration(mono()-f.created).Round(time.Millisecond))
+		u.log.Debug("UDP flow expired", "client", f.key.client, "age", time.Duration(mono()-f.created).Round(time.Millisecond))
 	}
 }
 

@@ -28,9 +28,9 @@ type upstreamReaders interface {
 func (u *udpRoute) upstreamError(f *flow, c *net.UDPConn, err error) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		u.st.dropUpRefused.Inc()
-		u.logError("upstream refused (ICMP port unreachable)", err, "client", f.client, "upstream", c.RemoteAddr())
+		u.logError("upstream refused (ICMP port unreachable)", err, "client", f.key.client, "upstream", c.RemoteAddr())
 		return
 	}
 	u.st.dropUpErr.Inc()
-	u.logError("upstream read failed", err, "client", f.client)
+	u.logError("upstream read failed", err, "client", f.key.client)
 }

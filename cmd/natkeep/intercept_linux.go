@@ -76,11 +76,7 @@ func nftNATKeep() *nftables.Table {
 type policyRouting struct{ mark, table uint32 }
 
 func interceptInstall(cfg *interceptConfig, out io.Writer) error {
-	conn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	prev, err := installedRouting(conn)
+	conn, _, prev, err := readInstalled()
 	if err != nil {
 		return err
 	}
@@ -182,15 +178,7 @@ func interceptInstall(cfg *interceptConfig, out io.Writer) error {
 }
 
 func interceptRemove(cfg *interceptConfig, out io.Writer) error {
-	conn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	prev, err := installedRouting(conn)
-	if err != nil {
-		return err
-	}
-	installed, err := tableInstalled(conn)
+	conn, installed, prev, err := readInstalled()
 	if err != nil {
 		return err
 	}
@@ -223,15 +211,7 @@ func interceptRemove(cfg *interceptConfig, out io.Writer) error {
 }
 
 func interceptShow(cfg *interceptConfig, out io.Writer) error {
-	conn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	installed, err := tableInstalled(conn)
-	if err != nil {
-		return err
-	}
-	routing, err := installedRouting(conn)
+	conn, installed, routing, err := readInstalled()
 	if err != nil {
 		return err
 	}
@@ -379,13 +359,22 @@ func tableInstalled(conn *nftables.Conn) (bool, error) {
 	return false, nil
 }
 
-// installedRouting reads the policy routing recorded in the installed
-// table's tproxy rule (nothing if the table or the rule is absent).
-func installedRouting(conn *nftables.Conn) ([]policyRouting, error) {
-	installed, err := tableInstalled(conn)
-	if err != nil || !installed {
-		return nil, err
+// readInstalled opens nftables and reads what an earlier install left:
+// whether the table exists and the policy routing it recorded.
+func readInstalled() (conn *nftables.Conn, installed bool, routing []policyRouting, err error) {
+	if conn, err = nftables.New(); err != nil {
+		return nil, false, nil, fmt.Errorf("nftables: %w", err)
 	}
+	if installed, err = tableInstalled(conn); err != nil || !installed {
+		return conn, installed, nil, err
+	}
+	routing, err = installedRouting(conn)
+	return conn, installed, routing, err
+}
+
+// installedRouting reads the policy routing recorded in the installed
+// table's tproxy rule (nothing if the rule is absent); the table exists.
+func installedRouting(conn *nftables.Conn) ([]policyRouting, error) {
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: listing chains: %w", err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -234,21 +233,12 @@ func runTCPIdle(args []string) error {
 	}
 	close(idx)
 	wg.Wait()
-	res.OpenS = time.Since(start).Seconds()
+	opened := 0
 	for _, c := range open {
 		if c != nil {
-			res.Opened++
+			opened++
 		}
 	}
-	res.Answered = int(answered.Load())
-	res.OpenErrors = int(ferr.n.Load())
-	res.FirstError = ferr.msg
-	res.GaveUp = fails.stop.Load() || time.Now().After(giveUp)
-	writeReady(*ready, res)
-	fmt.Fprintf(os.Stderr, "natkeep-bench tcp-idle: %d opened, %d answered in %.1fs; holding %s\n", res.Opened, res.Answered, res.OpenS, *holdFor)
-	h0 := time.Now()
-	res.Interrupted = hold(*holdFor)
-	res.HeldS = time.Since(h0).Seconds()
-	printJSON(res)
+	res.finish(start, opened, int(answered.Load()), &ferr, fails.stop.Load() || time.Now().After(giveUp), *ready, *holdFor)
 	return nil
 }

@@ -159,6 +159,23 @@ type idleResult struct {
 	NoFile      uint64  `json:"nofile"`
 }
 
+// finish fills in how opening went, signals readiness, holds the sockets
+// open for hold and prints the result: the common end of udp-idle and
+// tcp-idle.
+func (res *idleResult) finish(start time.Time, opened, answered int, ferr *firstErr, gaveUp bool, ready string, holdFor time.Duration) {
+	res.OpenS = time.Since(start).Seconds()
+	res.Opened, res.Answered = opened, answered
+	res.OpenErrors = int(ferr.n.Load())
+	res.FirstError = ferr.msg
+	res.GaveUp = gaveUp
+	writeReady(ready, *res)
+	fmt.Fprintf(os.Stderr, "natkeep-bench %s: %d opened, %d answered in %.1fs; holding %s\n", res.Mode, res.Opened, res.Answered, res.OpenS, holdFor)
+	h0 := time.Now()
+	res.Interrupted = hold(holdFor)
+	res.HeldS = time.Since(h0).Seconds()
+	printJSON(*res)
+}
+
 // parsePorts reads "first-last".
 func parsePorts(s string) (uint16, uint16, error) {
 	if s == "" || s == "0" {
@@ -322,21 +339,12 @@ func runUDPIdle(args []string) error {
 	}
 	close(idx)
 	wg.Wait()
-	res.OpenS = time.Since(start).Seconds()
+	opened := 0
 	for _, c := range conns {
 		if c != nil {
-			res.Opened++
+			opened++
 		}
 	}
-	res.Answered = int(answered.Load())
-	res.OpenErrors = int(ferr.n.Load())
-	res.FirstError = ferr.msg
-	res.GaveUp = fails.stop.Load() || time.Now().After(giveUp)
-	writeReady(*ready, res)
-	fmt.Fprintf(os.Stderr, "natkeep-bench udp-idle: %d opened, %d answered in %.1fs; holding %s\n", res.Opened, res.Answered, res.OpenS, *holdFor)
-	h0 := time.Now()
-	res.Interrupted = hold(*holdFor)
-	res.HeldS = time.Since(h0).Seconds()
-	printJSON(res)
+	res.finish(start, opened, int(answered.Load()), &ferr, fails.stop.Load() || time.Now().After(giveUp), *ready, *holdFor)
 	return nil
 }

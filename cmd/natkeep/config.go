@@ -522,36 +522,8 @@ func parseRoute(entry string, defs routeSettings) (relay.Route, error) {
 	r.Listen, r.Upstream = listen, upstream
 
 	s := defs
-	// Keys are taken in the order written, so the first bad one is the one
-	// reported; values are percent-decoded but '+' stays a plus.
-	given := map[string]bool{}
-	for _, kv := range strings.Split(rawQuery, "&") {
-		if kv == "" {
-			continue
-		}
-		rawKey, rawVal, hasEq := strings.Cut(kv, "=")
-		key, err1 := url.PathUnescape(rawKey)
-		val, err2 := url.PathUnescape(rawVal)
-		if err := errors.Join(err1, err2); err != nil {
-			return r, fmt.Errorf("query %q: %v", kv, err)
-		}
-		qk, ok := queryKeys[key]
-		if !ok {
-			return r, fmt.Errorf("unknown key %q (known: %s)", key, knownKeys())
-		}
-		if qk.proto != r.Proto {
-			return r, fmt.Errorf("key %q applies to %s routes, not %s", key, qk.proto, r.Proto)
-		}
-		if !hasEq {
-			return r, fmt.Errorf("key %q has no value (want %s=VALUE)", key, key)
-		}
-		if given[key] {
-			return r, fmt.Errorf("key %q given more than once", key)
-		}
-		given[key] = true
-		if err := qk.set(&s, val); err != nil {
-			return r, fmt.Errorf("%s=%s: %v", key, val, err)
-		}
+	if err := applyQuery(&s, r.Proto, rawQuery, routeEntries); err != nil {
+		return r, err
 	}
 	switch r.Proto {
 	case relay.UDP:
@@ -612,4 +584,55 @@ func interceptRoutes(ic *interceptConfig, defs routeSettings) ([]relay.Route, er
 		routes = append(routes, r)
 	}
 	return routes, nil
+}
+
+// queryOwner says whose query applyQuery reads, for its messages and rules.
+type queryOwner int
+
+const (
+	routeEntries     queryOwner = iota // NATKEEP_ROUTES
+	interceptEntries                   // NATKEEP_INTERCEPT: no role key, natkeep is always the client side
+)
+
+// applyQuery applies key=value&... overrides to s: known keys of proto,
+// each once. Keys are taken in the order written, so the first bad one is
+// the one reported; values are percent-decoded but '+' stays a plus.
+func applyQuery(s *routeSettings, proto relay.Proto, rawQuery string, owner queryOwner) error {
+	noun := "routes"
+	if owner == interceptEntries {
+		noun = "entries"
+	}
+	given := map[string]bool{}
+	for _, kv := range strings.Split(rawQuery, "&") {
+		if kv == "" {
+			continue
+		}
+		rawKey, rawVal, hasEq := strings.Cut(kv, "=")
+		key, err1 := url.PathUnescape(rawKey)
+		val, err2 := url.PathUnescape(rawVal)
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("query %q: %v", kv, err)
+		}
+		qk, ok := queryKeys[key]
+		if !ok {
+			return fmt.Errorf("unknown key %q (known: %s)", key, knownKeys())
+		}
+		if key == "role" && owner == interceptEntries {
+			return errors.New(`key "role" does not apply to intercepted traffic (natkeep is always the client side here)`)
+		}
+		if qk.proto != proto {
+			return fmt.Errorf("key %q applies to %s %s, not %s", key, qk.proto, noun, proto)
+		}
+		if !hasEq {
+			return fmt.Errorf("key %q has no value (want %s=VALUE)", key, key)
+		}
+		if given[key] {
+			return fmt.Errorf("key %q given more than once", key)
+		}
+		given[key] = true
+		if err := qk.set(s, val); err != nil {
+			return fmt.Errorf("%s=%s: %v", key, val, err)
+		}
+	}
+	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -130,7 +129,7 @@ func (r interceptRule) fail(err error) error {
 // settings applies the entry's overrides to defs (the global defaults).
 func (r interceptRule) settings(defs routeSettings) (routeSettings, error) {
 	s := defs
-	if err := applyQuery(&s, relay.Proto(r.Proto), r.Query); err != nil {
+	if err := applyQuery(&s, relay.Proto(r.Proto), r.Query, interceptEntries); err != nil {
 		return s, r.fail(err)
 	}
 	return s, nil
@@ -345,7 +344,7 @@ func parseInterceptRule(entry string) (interceptRule, error) {
 		// Validate the overrides now (keys, protocol, syntax); their
 		// values are checked against the defaults when the relay's
 		// options are built.
-		if err := applyQuery(&routeSettings{}, relay.Proto(r.Proto), query); err != nil {
+		if err := applyQuery(&routeSettings{}, relay.Proto(r.Proto), query, interceptEntries); err != nil {
 			return r, err
 		}
 		r.Query = query
@@ -411,42 +410,4 @@ func isDigits(s string) bool {
 		}
 	}
 	return true
-}
-
-// applyQuery applies key=value&... overrides to s the way NATKEEP_ROUTES
-// does: known keys of the entry's protocol, each once, percent-decoded.
-func applyQuery(s *routeSettings, proto relay.Proto, rawQuery string) error {
-	given := map[string]bool{}
-	for _, kv := range strings.Split(rawQuery, "&") {
-		if kv == "" {
-			continue
-		}
-		rawKey, rawVal, hasEq := strings.Cut(kv, "=")
-		key, err1 := url.PathUnescape(rawKey)
-		val, err2 := url.PathUnescape(rawVal)
-		if err := errors.Join(err1, err2); err != nil {
-			return fmt.Errorf("query %q: %v", kv, err)
-		}
-		qk, ok := queryKeys[key]
-		if !ok {
-			return fmt.Errorf("unknown key %q (known: %s)", key, knownKeys())
-		}
-		if key == "role" {
-			return errors.New(`key "role" does not apply to intercepted traffic (natkeep is always the client side here)`)
-		}
-		if qk.proto != proto {
-			return fmt.Errorf("key %q applies to %s entries, not %s", key, qk.proto, proto)
-		}
-		if !hasEq {
-			return fmt.Errorf("key %q has no value (want %s=VALUE)", key, key)
-		}
-		if given[key] {
-			return fmt.Errorf("key %q given more than once", key)
-		}
-		given[key] = true
-		if err := qk.set(s, val); err != nil {
-			return fmt.Errorf("%s=%s: %v", key, val, err)
-		}
-	}
-	return nil
 }

@@ -39,6 +39,9 @@ func runEcho(args []string) error {
 	statsFile := fs.String("stats-file", "", "write counters as JSON here on SIGUSR1")
 	maxRun := fs.Duration("max-run", 2*time.Hour, "exit after this long even without a signal")
 	_ = fs.Parse(args)
+	if *statsFile != "" && statsSignal == nil {
+		return errors.New("-stats-file: SIGUSR1 is not supported on this platform")
+	}
 	nofile := raiseNoFile()
 
 	udpAddrs, err := splitAddrs(*udpList)
@@ -75,14 +78,17 @@ func runEcho(args []string) error {
 	fmt.Fprintf(os.Stderr, "natkeep-bench echo: udp %v tcp %v (nofile %d)\n", udpAddrs, tcpAddrs, nofile)
 
 	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	if statsSignal != nil {
+		signal.Notify(sig, statsSignal)
+	}
 	deadline := time.NewTimer(*maxRun)
 	defer deadline.Stop()
 wait:
 	for {
 		select {
 		case s := <-sig:
-			if s == syscall.SIGUSR1 {
+			if statsSignal != nil && s == statsSignal {
 				writeReady(*statsFile, st.snapshot())
 				continue
 			}

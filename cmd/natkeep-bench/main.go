@@ -70,18 +70,13 @@ func usage() {
 `)
 }
 
-// raiseNoFile lifts the soft RLIMIT_NOFILE to the hard limit and returns it.
-func raiseNoFile() uint64 {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0
+// fdBudget is how many of want sockets fit under the descriptor limit
+// nofile (from raiseNoFile), 64 kept spare; nofile 0 (unknown) caps nothing.
+func fdBudget(want int, nofile uint64) int {
+	if nofile == 0 {
+		return want
 	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
-		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
-	}
-	return rl.Cur
+	return min(want, int(nofile)-64)
 }
 
 // printJSON writes v as one line of JSON on stdout.

@@ -10,32 +10,15 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
-
-// ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (linux/in.h): binding a
-// source address without a port defers the port choice to connect, which
-// then only needs a free 4-tuple, not a port unused on that address.
-const ipBindAddressNoPort = 24
 
 // dialerFrom returns a dialer whose connections leave from src (port 0).
 func dialerFrom(src netip.Addr, timeout time.Duration) *net.Dialer {
 	d := &net.Dialer{Timeout: timeout, KeepAlive: -1}
 	if src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
-		d.Control = func(network, address string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				if src.Is4() {
-					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
-				}
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		}
+		d.Control = bindNoPort(src)
 	}
 	return d
 }
@@ -171,7 +154,7 @@ func runTCPIdle(args []string) error {
 		return fmt.Errorf("-target: want host:port[,host:port...] (%v)", err)
 	}
 	res := idleResult{Mode: "tcp-idle", Target: *targetList, Requested: *conns, NoFile: nofile}
-	res.Attempted = min(*conns, int(nofile)-64)
+	res.Attempted = fdBudget(*conns, nofile)
 	if res.Attempted < 1 {
 		return fmt.Errorf("RLIMIT_NOFILE %d too low", nofile)
 	}

@@ -156,7 +156,7 @@ type idleResult struct {
 	HeldS       float64 `json:"held_s,omitempty"`
 	Interrupted bool    `json:"interrupted,omitempty"`
 	GaveUp      bool    `json:"gave_up,omitempty"` // stopped opening early: too many failures in a row or -open-limit
-	NoFile      uint64  `json:"nofile"`
+	NoFile      uint64  `json:"nofile"`            // RLIMIT_NOFILE; 0 = unknown
 }
 
 // finish fills in how opening went, signals readiness, holds the sockets
@@ -249,7 +249,7 @@ func runUDPIdle(args []string) error {
 		return err
 	}
 	res := idleResult{Mode: "udp-idle", Target: *target, Requested: *flows, NoFile: nofile}
-	res.Attempted = min(*flows, int(nofile)-64)
+	res.Attempted = fdBudget(*flows, nofile)
 	if res.Attempted < 1 {
 		return fmt.Errorf("RLIMIT_NOFILE %d too low", nofile)
 	}

@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # natkeep container image.
 #
 #   docker build -t natkeep:dev \
@@ -17,7 +15,9 @@ FROM --platform=$BUILDPLATFORM golang:1.26 AS builder
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when go.mod or
-# go.sum change, not on every source edit.
+# go.sum change, not on every source edit. The root module is the binary's
+# alone (deploy/ is a module of its own, excluded by .dockerignore), so this
+# downloads only what natkeep links.
 COPY go.mod go.sum ./
 RUN go mod download
 

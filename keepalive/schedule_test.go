@@ -24,7 +24,13 @@ func schedTx(n byte) TxID { return TxID{0: n, 11: ^n} }
 // checks that a heartbeat is sent.
 func schedBeat(t *testing.T, s *Schedule, f *Flow, now, lastOut int64) Decision {
 	t.Helper()
-	d := s.Tick(f, now, lastOut, 0)
+	return schedBeatT(t, s, f, now, Traffic{Outbound: lastOut})
+}
+
+// schedBeatT is schedBeat with the whole traffic record.
+func schedBeatT(t *testing.T, s *Schedule, f *Flow, now int64, tr Traffic) Decision {
+	t.Helper()
+	d := s.Tick(f, now, tr, 0)
 	if !d.Send {
 		t.Fatalf("Tick at t0+%v: no heartbeat, decision %+v", time.Duration(now-schedT0), d)
 	}
@@ -47,8 +53,8 @@ func TestScheduleFirstBeatJitter(t *testing.T) {
 	for _, tt := range tests {
 		s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 		var f Flow
-		d := s.Tick(&f, schedT0, schedT0, tt.r)
-		if d.Send || d.Missed || d.Died || d.Rebind {
+		d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, tt.r)
+		if d.Send || d.Died || d.Rebind || f.Misses() != 0 {
 			t.Errorf("r=%v: first Tick at the last outbound time acts: %+v", tt.r, d)
 		}
 		if got := time.Duration(d.Next - schedT0); got < tt.want-1 || got > tt.want+1 {
@@ -58,7 +64,7 @@ func TestScheduleFirstBeatJitter(t *testing.T) {
 	// r just below 1: about the full interval, never more.
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	d := s.Tick(&f, schedT0, schedT0, schedRMax)
+	d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, schedRMax)
 	if got := time.Duration(d.Next - schedT0); got > schedInterval || got < schedInterval-time.Microsecond {
 		t.Errorf("r→1: first beat after %v, want ≈%v and not more", got, schedInterval)
 	}
@@ -74,7 +80,7 @@ func TestScheduleJitterBounds(t *testing.T) {
 				r = schedRMax
 			}
 			var f Flow
-			d := s.Tick(&f, schedT0, schedT0, r)
+			d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, r)
 			if got := time.Duration(d.Next - schedT0); got < lo || got > hi {
 				t.Fatalf("interval %v r=%v: wait %v outside [%v, %v]", iv, r, got, lo, hi)
 			}
@@ -85,13 +91,13 @@ func TestScheduleJitterBounds(t *testing.T) {
 func TestScheduleFirstBeatDue(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0)
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	// Just before the due time: nothing, and the due time stands.
-	if d := s.Tick(&f, schedAt(8*time.Second)-1, schedT0, 0); d.Send || d.Next != schedAt(8*time.Second) {
+	if d := s.Tick(&f, schedAt(8*time.Second)-1, Traffic{Outbound: schedT0}, 0); d.Send || d.Next != schedAt(8*time.Second) {
 		t.Fatalf("before due: %+v", d)
 	}
-	d := s.Tick(&f, schedAt(8*time.Second), schedT0, 0)
-	if !d.Send || d.Missed || d.Died || d.Rebind {
+	d := s.Tick(&f, schedAt(8*time.Second), Traffic{Outbound: schedT0}, 0)
+	if !d.Send || d.Died || d.Rebind || f.Misses() != 0 {
 		t.Fatalf("at due: %+v, want a plain heartbeat", d)
 	}
 	if d.Next != schedAt(16*time.Second) {
@@ -104,7 +110,7 @@ func TestScheduleFirstBeatDue(t *testing.T) {
 func TestScheduleFirstTickLate(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	d := s.Tick(&f, schedAt(time.Minute), schedT0, 0)
+	d := s.Tick(&f, schedAt(time.Minute), Traffic{Outbound: schedT0}, 0)
 	if !d.Send || d.Next != schedAt(time.Minute+8*time.Second) {
 		t.Errorf("late first tick: %+v", d)
 	}
@@ -113,29 +119,29 @@ func TestScheduleFirstTickLate(t *testing.T) {
 func TestScheduleOutboundPostpones(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0) // due t0+8s
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0) // due t0+8s
 	// The application sends at t0+5s: the beat moves to t0+13s.
-	d := s.Tick(&f, schedAt(5*time.Second), schedAt(5*time.Second), 0)
+	d := s.Tick(&f, schedAt(5*time.Second), Traffic{Outbound: schedAt(5 * time.Second)}, 0)
 	if d.Send || d.Next != schedAt(13*time.Second) {
 		t.Fatalf("after outbound traffic: %+v, want Next t0+13s", d)
 	}
-	if d := s.Tick(&f, schedAt(8*time.Second), schedAt(5*time.Second), 0); d.Send || d.Next != schedAt(13*time.Second) {
+	if d := s.Tick(&f, schedAt(8*time.Second), Traffic{Outbound: schedAt(5 * time.Second)}, 0); d.Send || d.Next != schedAt(13*time.Second) {
 		t.Fatalf("at the old due time: %+v", d)
 	}
 	// Traffic keeps coming: no heartbeat ever.
 	for i := 6; i < 100; i++ {
 		now := schedAt(time.Duration(i) * time.Second)
-		if d := s.Tick(&f, now, now, 0.5); d.Send {
+		if d := s.Tick(&f, now, Traffic{Outbound: now}, 0.5); d.Send {
 			t.Fatalf("heartbeat at t0+%ds despite traffic every second", i)
 		}
 	}
 	// Silence after the last datagram at t0+99s: the beat is due 9s later
 	// (r was 0.5 when that datagram was seen), whatever r is now.
 	last := schedAt(99 * time.Second)
-	if d := s.Tick(&f, schedAt(108*time.Second)-1, last, 0); d.Send || d.Next != schedAt(108*time.Second) {
+	if d := s.Tick(&f, schedAt(108*time.Second)-1, Traffic{Outbound: last}, 0); d.Send || d.Next != schedAt(108*time.Second) {
 		t.Fatalf("before due after silence: %+v", d)
 	}
-	if d := s.Tick(&f, schedAt(108*time.Second), last, 0); !d.Send {
+	if d := s.Tick(&f, schedAt(108*time.Second), Traffic{Outbound: last}, 0); !d.Send {
 		t.Fatalf("no heartbeat after the silence: %+v", d)
 	}
 }
@@ -145,9 +151,9 @@ func TestScheduleOutboundPostpones(t *testing.T) {
 func TestScheduleDueKeepsItsJitter(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	d := s.Tick(&f, schedT0, schedT0, 0.5) // due t0+9s
+	d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0.5) // due t0+9s
 	for _, r := range []float64{0, 0.3, schedRMax} {
-		if d2 := s.Tick(&f, schedAt(time.Second), schedT0, r); d2.Next != d.Next {
+		if d2 := s.Tick(&f, schedAt(time.Second), Traffic{Outbound: schedT0}, r); d2.Next != d.Next {
 			t.Errorf("r=%v moved the due time from %d to %d", r, d.Next, d2.Next)
 		}
 	}
@@ -158,9 +164,9 @@ func TestScheduleDueKeepsItsJitter(t *testing.T) {
 func TestScheduleOldOutboundIgnored(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0)
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	schedBeat(t, s, &f, schedAt(8*time.Second), schedT0) // next t0+16s
-	if d := s.Tick(&f, schedAt(10*time.Second), schedAt(7*time.Second), 0); d.Send || d.Next != schedAt(16*time.Second) {
+	if d := s.Tick(&f, schedAt(10*time.Second), Traffic{Outbound: schedAt(7 * time.Second)}, 0); d.Send || d.Next != schedAt(16*time.Second) {
 		t.Errorf("stale lastOutbound moved the beat: %+v", d)
 	}
 }
@@ -169,17 +175,17 @@ func TestScheduleBeatsRepeat(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
 	rs := []float64{0, 0.5, schedRMax, 0.25, 0.75}
-	d := s.Tick(&f, schedT0, schedT0, rs[0])
+	d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, rs[0])
 	beats := 0
 	for i := 1; i <= 50; i++ {
 		prev := d.Next
 		r := rs[i%len(rs)]
-		d = s.Tick(&f, prev, schedT0, r)
+		d = s.Tick(&f, prev, Traffic{Outbound: schedT0}, r)
 		if !d.Send {
 			t.Fatalf("beat %d: no heartbeat at its due time: %+v", i, d)
 		}
 		beats++
-		if d.Missed || d.Died || d.Rebind {
+		if f.Misses() != 0 || d.Died || d.Rebind {
 			t.Fatalf("beat %d without ExpectReply: %+v", i, d)
 		}
 		wait := time.Duration(d.Next - prev)
@@ -188,7 +194,7 @@ func TestScheduleBeatsRepeat(t *testing.T) {
 			t.Fatalf("beat %d: next after %v, want %v", i, wait, want)
 		}
 		// Between beats nothing happens.
-		if mid := s.Tick(&f, prev+int64(wait/2), schedT0, 0); mid.Send || mid.Next != d.Next {
+		if mid := s.Tick(&f, prev+int64(wait/2), Traffic{Outbound: schedT0}, 0); mid.Send || mid.Next != d.Next {
 			t.Fatalf("beat %d: between beats: %+v", i, mid)
 		}
 	}
@@ -209,7 +215,7 @@ func TestScheduleDisabled(t *testing.T) {
 		var f Flow
 		for i := range 100 {
 			now := schedAt(time.Duration(i) * time.Hour)
-			if d := s.Tick(&f, now, schedT0, 0.5); d != (Decision{Next: -1}) {
+			if d := s.Tick(&f, now, Traffic{Outbound: schedT0}, 0.5); d != (Decision{Next: -1}) {
 				t.Fatalf("interval %v: Tick = %+v, want only Next -1", iv, d)
 			}
 		}
@@ -223,15 +229,15 @@ func TestScheduleDisabled(t *testing.T) {
 }
 
 // TestScheduleMissesOnlyWhenUnanswered: a miss is counted at a beat only
-// if the previous beat got no reply.
+// if nothing (here: no reply) came back since the previous beat.
 func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
 	var f Flow
 	now := schedT0
-	s.Tick(&f, now, now, 0)
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
 	now += int64(8 * time.Second)
 	// Beat 1: nothing was outstanding.
-	if d := schedBeat(t, s, &f, now, schedT0); d.Missed {
+	if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 0 {
 		t.Fatalf("first beat counted a miss: %+v", d)
 	}
 	// Answered beats never miss.
@@ -240,7 +246,7 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 			t.Fatalf("reply %d not counted", i)
 		}
 		now += int64(8 * time.Second)
-		if d := schedBeat(t, s, &f, now, schedT0); d.Missed {
+		if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 0 {
 			t.Fatalf("answered beat %d counted a miss: %+v", i, d)
 		}
 		if f.Misses() != 0 {
@@ -249,7 +255,7 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 	}
 	// Now unanswered: beat n+1 counts a miss for beat n.
 	now += int64(8 * time.Second)
-	if d := schedBeat(t, s, &f, now, schedT0); !d.Missed || d.Died || d.Rebind {
+	if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 1 || d.Died || d.Rebind {
 		t.Fatalf("unanswered beat: %+v, want Missed only", d)
 	}
 	if f.Misses() != 1 {
@@ -257,11 +263,11 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 	}
 	// Outbound traffic postpones the next beat but the outstanding one is
 	// still unanswered when it goes out.
-	d := s.Tick(&f, now+int64(time.Second), now+int64(time.Second), 0)
+	d := s.Tick(&f, now+int64(time.Second), Traffic{Outbound: now + int64(time.Second)}, 0)
 	if d.Send {
 		t.Fatalf("%+v", d)
 	}
-	if d := s.Tick(&f, d.Next, now+int64(time.Second), 0); !d.Send || !d.Missed {
+	if d := s.Tick(&f, d.Next, Traffic{Outbound: now + int64(time.Second)}, 0); !d.Send || f.Misses() != 2 {
 		t.Fatalf("postponed unanswered beat: %+v", d)
 	}
 	if f.Misses() != 2 {
@@ -269,66 +275,246 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 	}
 }
 
-// TestScheduleDeathAndRebind follows a peer that stops answering.
+// TestScheduleDeathAndRebind follows a peer that answered and then stops:
+// with on_dead=keep it is declared dead once and the flow is kept; with
+// on_dead=rebind the relay is also told to rebind on death and every
+// DeadAfter misses while it stays dead.
 func TestScheduleDeathAndRebind(t *testing.T) {
-	for _, deadAfter := range []int{1, 2, 3, 5} {
-		s := &Schedule{Interval: schedInterval, DeadAfter: deadAfter, ExpectReply: true}
+	for _, rebind := range []bool{false, true} {
+		for _, deadAfter := range []int{1, 2, 3, 5} {
+			s := &Schedule{Interval: schedInterval, DeadAfter: deadAfter, ExpectReply: true, Rebind: rebind}
+			var f Flow
+			now := schedT0
+			s.Tick(&f, now, Traffic{Outbound: now}, 0)
+			// Beat 1 is answered: the upstream speaks the protocol.
+			now += int64(8 * time.Second)
+			schedBeat(t, s, &f, now, schedT0)
+			if r := s.Reply(&f, now+1, false, TxID{}); !r.Counted {
+				t.Fatalf("reply to beat 1 not counted: %+v", r)
+			}
+			died := 0
+			for beat := 2; beat <= 2+4*deadAfter+1; beat++ {
+				now += int64(8 * time.Second)
+				d := schedBeat(t, s, &f, now, schedT0)
+				misses := beat - 2
+				if f.Misses() != misses {
+					t.Fatalf("rebind %v deadAfter %d beat %d: misses %d, want %d", rebind, deadAfter, beat, f.Misses(), misses)
+				}
+				wantDied := misses == deadAfter
+				wantRebind := rebind && misses >= deadAfter && misses%deadAfter == 0
+				if d.Died != wantDied || d.Rebind != wantRebind || d.Unanswered {
+					t.Fatalf("rebind %v deadAfter %d beat %d (misses %d): %+v, want Died %v Rebind %v",
+						rebind, deadAfter, beat, misses, d, wantDied, wantRebind)
+				}
+				if d.Died {
+					died++
+				}
+				if f.Dead() != (misses >= deadAfter) {
+					t.Fatalf("deadAfter %d beat %d: Dead %v", deadAfter, beat, f.Dead())
+				}
+			}
+			if died != 1 {
+				t.Errorf("deadAfter %d: Died %d times, want once", deadAfter, died)
+			}
+			// A reply revives the peer and resets the count.
+			r := s.Reply(&f, now+int64(50*time.Millisecond), false, TxID{})
+			if !r.Counted || !r.Revived || r.RTT != 50*time.Millisecond {
+				t.Errorf("deadAfter %d: reply while dead: %+v", deadAfter, r)
+			}
+			if f.Dead() || f.Misses() != 0 {
+				t.Errorf("deadAfter %d: after revival dead %v misses %d", deadAfter, f.Dead(), f.Misses())
+			}
+			// A second reply to the same beat is not counted and revives nothing.
+			if r := s.Reply(&f, now+int64(60*time.Millisecond), false, TxID{}); r != (ReplyResult{}) {
+				t.Errorf("deadAfter %d: duplicate reply: %+v", deadAfter, r)
+			}
+			// The peer can die again, and is reported again.
+			now += int64(8 * time.Second)
+			if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 0 {
+				t.Errorf("beat after revival: %+v", d)
+			}
+			died = 0
+			for range deadAfter {
+				now += int64(8 * time.Second)
+				if d := schedBeat(t, s, &f, now, schedT0); d.Died {
+					died++
+				}
+			}
+			if died != 1 || !f.Dead() {
+				t.Errorf("deadAfter %d: second death reported %d times, dead %v", deadAfter, died, f.Dead())
+			}
+		}
+	}
+}
+
+// TestScheduleInboundDataIsLife: any datagram from the upstream, app data
+// included, resets the misses: a server that pushes but never answers a
+// heartbeat is never declared dead, and a dead peer that sends data is
+// revived at once by Heard, or at the next tick.
+func TestScheduleInboundDataIsLife(t *testing.T) {
+	s := &Schedule{Interval: schedInterval, DeadAfter: 2, ExpectReply: true}
+	var f Flow
+	now := schedT0
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
+	heard := int64(0)
+	for beat := 1; beat <= 50; beat++ {
+		now += int64(8 * time.Second)
+		d := s.Tick(&f, now, Traffic{Outbound: schedT0, Heard: heard, RouteAnswered: true}, 0)
+		if !d.Send || d.Died || d.Rebind || d.Unanswered || f.Dead() {
+			t.Fatalf("beat %d with data heard after every beat: %+v dead %v", beat, d, f.Dead())
+		}
+		if beat > 1 && f.Misses() != 0 {
+			t.Fatalf("beat %d: misses %d with data heard", beat, f.Misses())
+		}
+		heard = now + int64(3*time.Second) // a push between beats
+	}
+	// Silence: two misses kill it (the route has answered before).
+	var d Decision
+	for range 3 {
+		now += int64(8 * time.Second)
+		d = s.Tick(&f, now, Traffic{Outbound: schedT0, Heard: heard, RouteAnswered: true}, 0)
+		if d.Died {
+			break
+		}
+	}
+	if !d.Died || !f.Dead() {
+		t.Fatalf("silent peer not declared dead: %+v", d)
+	}
+	// Data heard before the death does not revive it.
+	if s.Heard(&f, now-1) || !f.Dead() {
+		t.Fatal("a datagram from before the death revived the peer")
+	}
+	// Data after it does, at once.
+	if !s.Heard(&f, now+1) || f.Dead() || f.Misses() != 0 {
+		t.Fatalf("data after death: dead %v misses %d", f.Dead(), f.Misses())
+	}
+	// The same through Tick: die again, then the next tick sees new data.
+	for range 3 {
+		now += int64(8 * time.Second)
+		d = s.Tick(&f, now, Traffic{Outbound: schedT0, Heard: now - int64(20*time.Second), RouteAnswered: true}, 0)
+		if f.Dead() {
+			break
+		}
+	}
+	if !f.Dead() {
+		t.Fatal("not dead again")
+	}
+	now += int64(8 * time.Second)
+	d = s.Tick(&f, now, Traffic{Outbound: schedT0, Heard: now - int64(time.Second), RouteAnswered: true}, 0)
+	if !d.Revived || f.Dead() || d.Died {
+		t.Fatalf("tick after data while dead: %+v dead %v", d, f.Dead())
+	}
+}
+
+// TestScheduleNoDeathWithoutSilence: a peer that was heard from since the
+// previous heartbeat never counts a miss, whatever happened to the replies.
+func TestScheduleNoDeathWithoutSilence(t *testing.T) {
+	s := &Schedule{Interval: time.Second, DeadAfter: 1, ExpectReply: true}
+	var f Flow
+	now := schedT0
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
+	for beat := range 100 {
+		now += int64(800 * time.Millisecond)
+		d := s.Tick(&f, now, Traffic{Outbound: schedT0, Heard: now - 1, RouteAnswered: true}, 0)
+		if d.Died || f.Misses() != 0 {
+			t.Fatalf("beat %d: %+v misses %d", beat, d, f.Misses())
+		}
+	}
+}
+
+// TestScheduleNeverAnsweredRoute: an upstream that never answered a
+// heartbeat, on any flow of the route, does not speak the protocol: after
+// DeadAfter misses the flow reports Unanswered once, never Died or Rebind,
+// and keeps beating; once the route has been answered elsewhere, silence
+// on this flow is death again.
+func TestScheduleNeverAnsweredRoute(t *testing.T) {
+	for _, rebind := range []bool{false, true} {
+		s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true, Rebind: rebind}
 		var f Flow
 		now := schedT0
-		s.Tick(&f, now, now, 0)
-		died := 0
-		for beat := 1; beat <= 1+4*deadAfter+1; beat++ {
+		s.Tick(&f, now, Traffic{Outbound: now}, 0)
+		unanswered := 0
+		for beat := 1; beat <= 20; beat++ {
 			now += int64(8 * time.Second)
-			d := schedBeat(t, s, &f, now, schedT0)
-			misses := beat - 1
-			if d.Missed != (misses > 0) {
-				t.Fatalf("deadAfter %d beat %d: Missed %v", deadAfter, beat, d.Missed)
+			d := schedBeatT(t, s, &f, now, Traffic{Outbound: schedT0})
+			if d.Died || d.Rebind || f.Dead() {
+				t.Fatalf("rebind %v beat %d: never-answered upstream declared dead: %+v", rebind, beat, d)
 			}
-			if f.Misses() != misses {
-				t.Fatalf("deadAfter %d beat %d: misses %d, want %d", deadAfter, beat, f.Misses(), misses)
-			}
-			wantDied := misses == deadAfter
-			wantRebind := misses >= deadAfter && misses%deadAfter == 0
-			if d.Died != wantDied || d.Rebind != wantRebind {
-				t.Fatalf("deadAfter %d beat %d (misses %d): Died %v Rebind %v, want %v %v",
-					deadAfter, beat, misses, d.Died, d.Rebind, wantDied, wantRebind)
-			}
-			if d.Died {
-				died++
-			}
-			if f.Dead() != (misses >= deadAfter) {
-				t.Fatalf("deadAfter %d beat %d: Dead %v", deadAfter, beat, f.Dead())
+			if d.Unanswered {
+				unanswered++
+				if beat != 4 {
+					t.Fatalf("Unanswered at beat %d, want beat 4 (3 misses)", beat)
+				}
 			}
 		}
-		if died != 1 {
-			t.Errorf("deadAfter %d: Died %d times, want once", deadAfter, died)
+		if unanswered != 1 {
+			t.Fatalf("Unanswered reported %d times, want once", unanswered)
 		}
-		// A reply revives the peer and resets the count.
-		r := s.Reply(&f, now+int64(50*time.Millisecond), false, TxID{})
-		if !r.Counted || !r.Revived || r.RTT != 50*time.Millisecond {
-			t.Errorf("deadAfter %d: reply while dead: %+v", deadAfter, r)
-		}
-		if f.Dead() || f.Misses() != 0 {
-			t.Errorf("deadAfter %d: after revival dead %v misses %d", deadAfter, f.Dead(), f.Misses())
-		}
-		// A second reply to the same beat is not counted and revives nothing.
-		if r := s.Reply(&f, now+int64(60*time.Millisecond), false, TxID{}); r != (ReplyResult{}) {
-			t.Errorf("deadAfter %d: duplicate reply: %+v", deadAfter, r)
-		}
-		// The peer can die again, and is reported again.
+		// Another flow of the route got an answer: silence is now death.
 		now += int64(8 * time.Second)
-		if d := schedBeat(t, s, &f, now, schedT0); d.Missed {
-			t.Errorf("beat after revival: %+v", d)
+		d := schedBeatT(t, s, &f, now, Traffic{Outbound: schedT0, RouteAnswered: true})
+		if !d.Died || d.Rebind != rebind {
+			t.Fatalf("after the route was answered: %+v", d)
 		}
-		died = 0
-		for range deadAfter {
-			now += int64(8 * time.Second)
-			if d := schedBeat(t, s, &f, now, schedT0); d.Died {
-				died++
-			}
+	}
+	// A flow that was answered itself dies even if the route flag is unset.
+	s := &Schedule{Interval: schedInterval, DeadAfter: 2, ExpectReply: true}
+	var f Flow
+	now := schedT0
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
+	now += int64(8 * time.Second)
+	schedBeat(t, s, &f, now, schedT0)
+	s.Reply(&f, now+1, false, TxID{})
+	var died bool
+	for range 3 {
+		now += int64(8 * time.Second)
+		died = died || schedBeat(t, s, &f, now, schedT0).Died
+	}
+	if !died {
+		t.Fatal("an answered flow that went silent was not declared dead")
+	}
+}
+
+// TestScheduleHealCadence: with Heal set, a heartbeat goes out at the normal
+// TTL once Heal has passed since the last full-TTL datagram (app data or an
+// earlier heal beat); app traffic restarts the count; Heal 0 never heals.
+func TestScheduleHealCadence(t *testing.T) {
+	s := &Schedule{Interval: time.Second, Heal: 5 * time.Second}
+	var f Flow
+	now := schedT0
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
+	var fulls []time.Duration
+	for range 40 { // 40 beats at 0.8 s = 32 s
+		now += int64(800 * time.Millisecond)
+		if d := schedBeat(t, s, &f, now, schedT0); d.Full {
+			fulls = append(fulls, time.Duration(now-schedT0))
 		}
-		if died != 1 || !f.Dead() {
-			t.Errorf("deadAfter %d: second death reported %d times, dead %v", deadAfter, died, f.Dead())
+	}
+	// Beats at 0.8 s steps: the first at or after 5 s is 5.6 s, then every
+	// 5.6 s (7 beats).
+	want := []time.Duration{5600, 11200, 16800, 22400, 28000}
+	if len(fulls) != len(want) {
+		t.Fatalf("heal beats at %v, want %v ms", fulls, want)
+	}
+	for i := range want {
+		if fulls[i] != want[i]*time.Millisecond {
+			t.Fatalf("heal beats at %v, want %v ms", fulls, want)
+		}
+	}
+	// App traffic is sent at the normal TTL: it resets the heal clock.
+	for range 20 {
+		now += int64(800 * time.Millisecond)
+		if d := s.Tick(&f, now, Traffic{Outbound: now - 1}, 0); d.Full {
+			t.Fatalf("heal beat while the app sends: %+v", d)
+		}
+	}
+	// Heal 0: never.
+	s0 := &Schedule{Interval: time.Second}
+	var g Flow
+	s0.Tick(&g, schedT0, Traffic{Outbound: schedT0}, 0)
+	for i := range 1000 {
+		if d := schedBeat(t, s0, &g, schedT0+int64(i+1)*int64(800*time.Millisecond), schedT0); d.Full {
+			t.Fatalf("Heal 0 sent a full-TTL beat: %+v", d)
 		}
 	}
 }
@@ -339,7 +525,7 @@ func TestScheduleNoDeathWithoutDeadAfter(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 0, ExpectReply: true}
 	var f Flow
 	now := schedT0
-	s.Tick(&f, now, now, 0)
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
 	for range 20 {
 		now += int64(8 * time.Second)
 		if d := schedBeat(t, s, &f, now, schedT0); d.Died || d.Rebind {
@@ -355,7 +541,7 @@ func TestScheduleReplyRTT(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
 	var f Flow
 	now := schedT0
-	s.Tick(&f, now, now, 0)
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
 	if last, smooth := f.RTT(); last != 0 || smooth != 0 {
 		t.Fatalf("RTT before any reply: %v %v", last, smooth)
 	}
@@ -397,7 +583,7 @@ func TestScheduleReplyRTT(t *testing.T) {
 func TestScheduleReplyClockSkew(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0)
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
 	r := s.Reply(&f, schedAt(7*time.Second), false, TxID{})
 	if !r.Counted || r.RTT != 0 {
@@ -410,7 +596,7 @@ func TestScheduleReplyClockSkew(t *testing.T) {
 func TestScheduleReplyWithoutExpectReply(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0)
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
 	if r := s.Reply(&f, schedAt(9*time.Second), false, TxID{}); r.Counted {
 		t.Errorf("%+v", r)
@@ -422,10 +608,10 @@ func TestScheduleReplyWithoutExpectReply(t *testing.T) {
 func TestScheduleReplyDoesNotPostpone(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0)
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	d := schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
 	s.Reply(&f, schedAt(9*time.Second), false, TxID{})
-	if d2 := s.Tick(&f, schedAt(10*time.Second), schedT0, 0); d2.Next != d.Next || d2.Send {
+	if d2 := s.Tick(&f, schedAt(10*time.Second), Traffic{Outbound: schedT0}, 0); d2.Next != d.Next || d2.Send {
 		t.Errorf("after reply: %+v, want Next %d", d2, d.Next)
 	}
 }
@@ -434,7 +620,7 @@ func TestScheduleSTUNCurrentTxIDOnly(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 5, ExpectReply: true}
 	var f Flow
 	now := schedT0
-	s.Tick(&f, now, now, 0)
+	s.Tick(&f, now, Traffic{Outbound: now}, 0)
 
 	now += int64(8 * time.Second)
 	schedBeat(t, s, &f, now, schedT0)
@@ -445,18 +631,19 @@ func TestScheduleSTUNCurrentTxIDOnly(t *testing.T) {
 	// The next beat goes out unanswered; a late response to beat 1 is ours
 	// (consumed) but measures nothing and does not clear the miss.
 	now += int64(8 * time.Second)
-	if d := schedBeat(t, s, &f, now, schedT0); !d.Missed {
+	if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 1 {
 		t.Fatalf("%+v", d)
 	}
 	f.Sent(schedTx(2))
 	if !f.Ours(schedTx(1)) {
 		t.Fatal("previous transaction not recognised")
 	}
-	if r := s.Reply(&f, now+int64(time.Millisecond), true, schedTx(1)); r != (ReplyResult{}) {
+	if r := s.Reply(&f, now+int64(time.Millisecond), true, schedTx(1)); r.Counted {
 		t.Fatalf("stale STUN response counted: %+v", r)
 	}
-	if f.Misses() != 1 {
-		t.Fatalf("stale response changed misses to %d", f.Misses())
+	// It still proves the peer alive: any datagram from the upstream does.
+	if f.Misses() != 0 {
+		t.Fatalf("stale response left misses at %d", f.Misses())
 	}
 	if last, _ := f.RTT(); last != 0 {
 		t.Fatalf("stale response measured RTT %v", last)
@@ -511,7 +698,7 @@ func TestScheduleSTUNOursRecent(t *testing.T) {
 func TestScheduleSTUNReplyBeforeSent(t *testing.T) {
 	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
 	var f Flow
-	s.Tick(&f, schedT0, schedT0, 0)
+	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
 	if r := s.Reply(&f, schedAt(9*time.Second), true, TxID{}); r.Counted {
 		t.Errorf("zero ID counted with no Sent: %+v", r)
@@ -524,7 +711,7 @@ func TestScheduleTickZeroAllocs(t *testing.T) {
 	now := schedT0
 	allocs := testing.AllocsPerRun(1000, func() {
 		now += int64(9 * time.Second)
-		s.Tick(&f, now, schedT0, 0.5)
+		s.Tick(&f, now, Traffic{Outbound: schedT0}, 0.5)
 		f.Sent(schedTx(byte(now)))
 		s.Reply(&f, now+1, true, schedTx(byte(now)))
 	})
@@ -553,7 +740,7 @@ func BenchmarkScheduleTick100k(b *testing.B) {
 			if i%7 == 0 {
 				lastOut[i] = now // some flows carry traffic
 			}
-			d := s.Tick(&flows[i], now, lastOut[i], float64(i%1000)/1000)
+			d := s.Tick(&flows[i], now, Traffic{Outbound: lastOut[i]}, float64(i%1000)/1000)
 			if d.Send {
 				sent++
 			}

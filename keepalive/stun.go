@@ -31,6 +31,7 @@ const (
 	stunAttrMessageIntegrity       = 0x0008
 	stunAttrMessageIntegritySHA256 = 0x001C
 	stunAttrFingerprint            = 0x8028
+	stunAttrPadding                = 0x0026 // RFC 5780: ignored by design
 
 	stunAttrHeaderLen  = 4
 	stunFingerprintLen = stunAttrHeaderLen + 4
@@ -52,6 +53,8 @@ var (
 	ErrBadFingerprint = errors.New("keepalive: bad STUN fingerprint")
 	// ErrWrongType reports a well-formed STUN message of a type other than the one asked for.
 	ErrWrongType = errors.New("keepalive: unexpected STUN message type")
+	// ErrUnknownAttribute reports a request with a comprehension-required attribute the codec does not understand; RFC 8489 answers it with error 420, and the relay passes it on to the server.
+	ErrUnknownAttribute = errors.New("keepalive: unknown comprehension-required STUN attribute")
 	// ErrBadAttribute reports an address attribute with an unknown family or a length that does not fit it.
 	ErrBadAttribute = errors.New("keepalive: malformed STUN attribute")
 )
@@ -234,16 +237,46 @@ func stunCheckFingerprint(msg []byte, at int, val []byte) error {
 }
 
 // ParseBindingRequest returns the transaction ID of b if it is a
-// well-formed Binding Request ending in a valid FINGERPRINT. The fingerprint
-// is required so that application data that merely looks like STUN is not
-// answered as a heartbeat.
+// well-formed RFC 5389/8489 Binding Request: magic cookie, exact length,
+// every attribute well-formed to the last byte, no comprehension-required
+// attribute (0x0000-0x7FFF) that a plain Binding responder does not
+// understand, and a FINGERPRINT, when present, last and valid. FINGERPRINT
+// is optional in the RFCs and common clients (coturn's, pion's) omit it.
+// A request carrying an attribute it does not understand (USERNAME and
+// MESSAGE-INTEGRITY of an ICE check, CHANGE-REQUEST, RESPONSE-PORT) is
+// refused with ErrUnknownAttribute, so that the relay passes it on to a
+// server that may understand it. RFC 3489 requests (no magic cookie) are
+// ErrNotSTUN.
 func ParseBindingRequest(b []byte) (TxID, error) {
+	return parseBindingRequest(b, false)
+}
+
+// ParseFingerprintedBindingRequest is ParseBindingRequest's strict form
+// (stun_strict): the request must end in a valid FINGERPRINT, and then its
+// other attributes are not examined. It suits servers whose own protocol
+// could look like STUN: the odds that application data carries the magic
+// cookie, a consistent length and a matching CRC-32 are about 2^-64.
+func ParseFingerprintedBindingRequest(b []byte) (TxID, error) {
+	return parseBindingRequest(b, true)
+}
+
+// stunUnderstood reports whether a Binding responder may ignore attribute
+// typ of a request: comprehension-optional ones (0x8000-0xFFFF) always, and
+// PADDING (RFC 5780), which exists only to be ignored.
+func stunUnderstood(typ uint16) bool {
+	return typ >= 0x8000 || typ == stunAttrPadding
+}
+
+func parseBindingRequest(b []byte, requireFingerprint bool) (TxID, error) {
 	if err := stunCheckHeader(b); err != nil {
 		return TxID{}, err
 	}
 	if binary.BigEndian.Uint16(b[0:2]) != stunTypeBindingRequest {
 		return TxID{}, ErrWrongType
 	}
+	var id TxID
+	copy(id[:], b[8:STUNHeaderLen])
+	unknown := false
 	it := stunAttrIter{msg: b, off: STUNHeaderLen}
 	for {
 		typ, val, at, done, err := it.next()
@@ -251,17 +284,28 @@ func ParseBindingRequest(b []byte) (TxID, error) {
 			return TxID{}, err
 		}
 		if done {
-			return TxID{}, ErrBadFingerprint // no FINGERPRINT
+			if requireFingerprint {
+				return TxID{}, ErrBadFingerprint // no FINGERPRINT
+			}
+			break
 		}
 		if typ == stunAttrFingerprint {
 			if err := stunCheckFingerprint(b, at, val); err != nil {
 				return TxID{}, err
 			}
-			var id TxID
-			copy(id[:], b[8:STUNHeaderLen])
-			return id, nil
+			if requireFingerprint {
+				return id, nil
+			}
+			break
+		}
+		if !stunUnderstood(typ) {
+			unknown = true // keep walking: a malformed message is reported as such first
 		}
 	}
+	if unknown {
+		return TxID{}, ErrUnknownAttribute
+	}
+	return id, nil
 }
 
 // BindingResponse is a parsed Binding Success Response: the transaction ID
@@ -379,3 +423,8 @@ func stunDecodeAddress(val []byte, xor bool, id TxID) (netip.AddrPort, error) {
 	}
 	return netip.AddrPortFrom(addr, port), nil
 }
+
+// IsRequest reports whether a STUN message type (from PeekTxID) is of the
+// request class: a reply matcher that sees its own transaction ID in a
+// request is looking at its heartbeat echoed back, not at an answer.
+func IsRequest(typ uint16) bool { return typ&0x0110 == 0 }

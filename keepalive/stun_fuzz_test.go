@@ -79,12 +79,35 @@ func FuzzParseBindingRequest(f *testing.F) {
 		if !ok || typ != 0x0001 || pid != id {
 			t.Fatalf("parsed a message PeekTxID sees as %#04x %x %v", typ, pid, ok)
 		}
-		if !stunFingerprintOK(b) {
-			t.Fatalf("accepted %x without a valid trailing FINGERPRINT", b)
-		}
 		again := AppendBindingRequest(nil, id)
 		if id2, err := ParseBindingRequest(again); err != nil || id2 != id {
 			t.Fatalf("re-encoded request parses as %x, %v", id2, err)
+		}
+		// Where the strict parser accepts the same bytes, it reads the same ID.
+		if sid, serr := ParseFingerprintedBindingRequest(b); serr == nil && sid != id {
+			t.Fatalf("strict parse ID %x, standard %x", sid, id)
+		}
+	})
+}
+
+func FuzzParseFingerprintedBindingRequest(f *testing.F) {
+	for _, s := range stunFuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, err := ParseFingerprintedBindingRequest(b)
+		if err != nil {
+			if id != (TxID{}) {
+				t.Fatalf("failed parse returned ID %x", id)
+			}
+			return
+		}
+		typ, pid, ok := PeekTxID(b)
+		if !ok || typ != 0x0001 || pid != id {
+			t.Fatalf("parsed a message PeekTxID sees as %#04x %x %v", typ, pid, ok)
+		}
+		if !stunFingerprintOK(b) {
+			t.Fatalf("accepted %x without a valid trailing FINGERPRINT", b)
 		}
 	})
 }

@@ -115,9 +115,15 @@ func TestSTUNRFC5769Vectors(t *testing.T) {
 	if !stunFingerprintOK(req) {
 		t.Fatal("request vector FINGERPRINT does not verify: bytes mistyped")
 	}
-	id, err := ParseBindingRequest(req)
+	// 2.1 is an ICE connectivity check (USERNAME, MESSAGE-INTEGRITY): a
+	// plain responder must leave it to the server; the strict parser, which
+	// looks only at the FINGERPRINT, takes it.
+	if _, err := ParseBindingRequest(req); err != ErrUnknownAttribute {
+		t.Fatalf("ParseBindingRequest(2.1) error = %v, want %v", err, ErrUnknownAttribute)
+	}
+	id, err := ParseFingerprintedBindingRequest(req)
 	if err != nil {
-		t.Fatalf("ParseBindingRequest(2.1): %v", err)
+		t.Fatalf("ParseFingerprintedBindingRequest(2.1): %v", err)
 	}
 	if id != rfc5769TxID {
 		t.Errorf("2.1 transaction ID = %x, want %x", id, rfc5769TxID)
@@ -316,45 +322,65 @@ func TestSTUNParseResponseCases(t *testing.T) {
 	}
 }
 
+// TestSTUNParseRequestCases runs both request parsers over the same
+// inputs: std is ParseBindingRequest's answer (RFC 5389/8489 rules, the
+// responder's default), strict is ParseFingerprintedBindingRequest's
+// (stun_strict: FINGERPRINT required).
 func TestSTUNParseRequestCases(t *testing.T) {
 	id := TxID{12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1}
 	good := AppendBindingRequest(nil, id)
 	v := stunUnhex(t, rfc5769Request)
 	for _, tc := range []struct {
-		name string
-		in   []byte
-		err  error
+		name        string
+		in          []byte
+		std, strict error
 	}{
-		{"minimal", good, nil},
-		{"with attributes", stunBuild(0x0001, id, true, stunAttr(0x8022, 'n', 'k'), stunAttr(0x0024, 1, 2, 3, 4)), nil},
-		{"empty", nil, ErrTruncated},
-		{"short header", good[:12], ErrTruncated},
-		{"top bits set", stunEdit(good, func(b []byte) []byte { b[0] |= 0x80; return b }), ErrNotSTUN},
-		{"bad cookie", stunEdit(good, func(b []byte) []byte { b[7] = 0; return b }), ErrNotSTUN},
-		{"length mismatch, datagram cut", v[:len(v)-8], ErrTruncated},
-		{"length mismatch, trailing bytes", append(bytes.Clone(good), 0, 0, 0, 0), ErrNotSTUN},
-		{"no fingerprint", stunBuild(0x0001, id, false), ErrBadFingerprint},
-		{"no fingerprint, other attributes", stunBuild(0x0001, id, false, stunAttr(0x8022, 'x')), ErrBadFingerprint},
-		{"bad fingerprint", stunEdit(good, func(b []byte) []byte { b[27] ^= 0x80; return b }), ErrBadFingerprint},
-		{"bad fingerprint, transaction ID changed", stunEdit(v, func(b []byte) []byte { b[19] ^= 1; return b }), ErrBadFingerprint},
-		{"fingerprint not last", stunBuild(0x0001, id, false, good[20:28], stunAttr(0x8022, 'x')), ErrBadFingerprint},
-		{"fingerprint bytes inside another attribute", stunBuild(0x0001, id, false, stunAttr(0x8022, good[20:28]...)), ErrBadFingerprint},
-		{"truncated attribute", stunBuild(0x0001, id, false, []byte{0x80, 0x22, 0x00, 0x09, 'a', 'b', 'c', 'd'}), ErrTruncated},
-		{"attribute length beyond message", stunBuild(0x0001, id, false, []byte{0x80, 0x28, 0x01, 0x00, 0, 0, 0, 0}), ErrTruncated},
-		{"response given", AppendBindingSuccess(nil, id, netip.MustParseAddrPort("192.0.2.1:1")), ErrWrongType},
-		{"indication given", stunBuild(0x0011, id, true), ErrWrongType},
-		{"application data ending like a fingerprint", append([]byte{0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42}, "hello, world\x80\x28\x00\x04oops"...), ErrBadFingerprint},
+		{"minimal", good, nil, nil},
+		{"with attributes", stunBuild(0x0001, id, true, stunAttr(0x8022, 'n', 'k'), stunAttr(0x0024, 1, 2, 3, 4)), ErrUnknownAttribute, nil},
+		{"empty", nil, ErrTruncated, ErrTruncated},
+		{"short header", good[:12], ErrTruncated, ErrTruncated},
+		{"top bits set", stunEdit(good, func(b []byte) []byte { b[0] |= 0x80; return b }), ErrNotSTUN, ErrNotSTUN},
+		{"bad cookie (RFC 3489 style)", stunEdit(good, func(b []byte) []byte { b[7] = 0; return b }), ErrNotSTUN, ErrNotSTUN},
+		{"length mismatch, datagram cut", v[:len(v)-8], ErrTruncated, ErrTruncated},
+		{"length mismatch, trailing bytes", append(bytes.Clone(good), 0, 0, 0, 0), ErrNotSTUN, ErrNotSTUN},
+		{"no fingerprint", stunBuild(0x0001, id, false), nil, ErrBadFingerprint},
+		{"no fingerprint, other attributes", stunBuild(0x0001, id, false, stunAttr(0x8022, 'x')), nil, ErrBadFingerprint},
+		{"bad fingerprint", stunEdit(good, func(b []byte) []byte { b[27] ^= 0x80; return b }), ErrBadFingerprint, ErrBadFingerprint},
+		{"bad fingerprint, transaction ID changed", stunEdit(v, func(b []byte) []byte { b[19] ^= 1; return b }), ErrBadFingerprint, ErrBadFingerprint},
+		{"fingerprint not last", stunBuild(0x0001, id, false, good[20:28], stunAttr(0x8022, 'x')), ErrBadFingerprint, ErrBadFingerprint},
+		{"fingerprint bytes inside another attribute", stunBuild(0x0001, id, false, stunAttr(0x8022, good[20:28]...)), nil, ErrBadFingerprint},
+		{"truncated attribute", stunBuild(0x0001, id, false, []byte{0x80, 0x22, 0x00, 0x09, 'a', 'b', 'c', 'd'}), ErrTruncated, ErrTruncated},
+		{"attribute length beyond message", stunBuild(0x0001, id, false, []byte{0x80, 0x28, 0x01, 0x00, 0, 0, 0, 0}), ErrTruncated, ErrTruncated},
+		{"response given", AppendBindingSuccess(nil, id, netip.MustParseAddrPort("192.0.2.1:1")), ErrWrongType, ErrWrongType},
+		{"indication given", stunBuild(0x0011, id, true), ErrWrongType, ErrWrongType},
+		{"application data ending like a fingerprint", append([]byte{0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42}, "hello, world\x80\x28\x00\x04oops"...), ErrBadFingerprint, ErrBadFingerprint},
+		{"USERNAME (an ICE check)", stunBuild(0x0001, id, false, stunAttr(0x0006, 'a', ':', 'b')), ErrUnknownAttribute, ErrBadFingerprint},
+		{"USERNAME with FINGERPRINT", stunBuild(0x0001, id, true, stunAttr(0x0006, 'a', ':', 'b')), ErrUnknownAttribute, nil},
+		{"CHANGE-REQUEST", stunBuild(0x0001, id, false, stunAttr(0x0003, 0, 0, 0, 6)), ErrUnknownAttribute, ErrBadFingerprint},
+		{"RESPONSE-PORT", stunBuild(0x0001, id, true, stunAttr(0x0027, 0x30, 0x39, 0, 0)), ErrUnknownAttribute, nil},
+		{"PADDING is ignored", stunBuild(0x0001, id, false, stunAttr(0x0026, 0, 0, 0, 0, 0, 0, 0, 0)), nil, ErrBadFingerprint},
+		{"unknown comprehension-optional attribute", stunBuild(0x0001, id, true, stunAttr(0xC0DE, 1)), nil, nil},
+		{"unknown attribute, then a truncated one", stunBuild(0x0001, id, false, stunAttr(0x0006, 'x'), []byte{0x80, 0x22, 0x00, 0x09, 'a', 'b', 'c', 'd'}), ErrTruncated, ErrTruncated},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseBindingRequest(tc.in)
-			if err != tc.err {
-				t.Fatalf("error = %v, want %v", err, tc.err)
-			}
-			if err == nil && got != id {
-				t.Errorf("ID = %x, want %x", got, id)
-			}
-			if err != nil && got != (TxID{}) {
-				t.Errorf("failed parse returned ID %x", got)
+			for _, p := range []struct {
+				name  string
+				parse func([]byte) (TxID, error)
+				want  error
+			}{
+				{"ParseBindingRequest", ParseBindingRequest, tc.std},
+				{"ParseFingerprintedBindingRequest", ParseFingerprintedBindingRequest, tc.strict},
+			} {
+				got, err := p.parse(tc.in)
+				if err != p.want {
+					t.Fatalf("%s: error = %v, want %v", p.name, err, p.want)
+				}
+				if err == nil && got != id {
+					t.Errorf("%s: ID = %x, want %x", p.name, got, id)
+				}
+				if err != nil && got != (TxID{}) {
+					t.Errorf("%s: failed parse returned ID %x", p.name, got)
+				}
 			}
 		})
 	}
@@ -460,6 +486,7 @@ func TestSTUNZeroAllocs(t *testing.T) {
 		{"ParseBindingResponse error", func() { r, err = ParseBindingResponse(bad) }},
 		{"ParseBindingRequest", func() { id, err = ParseBindingRequest(req) }},
 		{"ParseBindingRequest error", func() { id, err = ParseBindingRequest(v4) }},
+		{"ParseFingerprintedBindingRequest", func() { id, err = ParseFingerprintedBindingRequest(req) }},
 		{"AppendBindingRequest", func() { buf = AppendBindingRequest(buf[:0], id) }},
 		{"AppendBindingSuccess", func() { buf = AppendBindingSuccess(buf[:0], id, r.Mapped) }},
 		{"LooksLikeSTUN", func() { ok = LooksLikeSTUN(v4) }},

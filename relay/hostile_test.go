@@ -184,7 +184,7 @@ func (h *hostileRelay) drops(t testing.TB, route string) map[string]float64 {
 type hostileMsg struct {
 	name         string
 	data         []byte
-	validRequest bool // a well-formed Binding Request with FINGERPRINT: a responder answers it
+	validRequest bool // a well-formed RFC 5389/8489 Binding Request: a responder (not stun_strict) answers it
 }
 
 func hostileRand(n int) []byte {
@@ -230,7 +230,7 @@ func hostileSTUN(typ uint16, id keepalive.TxID, body []byte, fingerprint bool) [
 // hostileLookalikes returns a fresh set (new random transaction IDs and
 // bodies, so every call's datagrams are unique) of STUN-looking garbage,
 // near misses, foreign STUN traffic and extreme sizes. Entries marked
-// validRequest are genuine Binding Requests with a FINGERPRINT.
+// validRequest are genuine Binding Requests (FINGERPRINT optional).
 func hostileLookalikes(t testing.TB) []hostileMsg {
 	t.Helper()
 	flip := func(b []byte) []byte { b[len(b)-1] ^= 0xFF; return b }
@@ -261,15 +261,16 @@ func hostileLookalikes(t testing.TB) []hostileMsg {
 	short := hostileRand(19)
 	binary.BigEndian.PutUint32(short[4:], keepalive.MagicCookie)
 
-	// 20 + 4 + 65480 = 65504: the largest STUN message that fits IPv4.
-	hugeNoFP := hostileSTUN(0x0001, hostileTxID(), hostileAttr(0x7FFF, hostileRand(65480)), false)
-	// 20 + 4 + 65472 + 8 = 65504, with a valid FINGERPRINT.
-	hugeValid := hostileSTUN(0x0001, hostileTxID(), hostileAttr(0x7FFF, hostileRand(65472)), true)
+	// 20 + 4 + 65480 = 65504: the largest STUN message that fits IPv4,
+	// carrying a comprehension-required attribute no responder knows.
+	hugeUnknown := hostileSTUN(0x0001, hostileTxID(), hostileAttr(0x7FFF, hostileRand(65480)), false)
+	// 20 + 4 + 65472 + 8 = 65504, a comprehension-optional attribute and a valid FINGERPRINT.
+	hugeValid := hostileSTUN(0x0001, hostileTxID(), hostileAttr(0xFFFF, hostileRand(65472)), true)
 
 	msgs := []hostileMsg{
 		{name: "empty datagram", data: []byte{}},
 		{name: "one zero byte", data: []byte{0}},
-		{name: "header only, Binding Request without FINGERPRINT", data: hostileSTUN(0x0001, hostileTxID(), nil, false)},
+		{name: "header only, Binding Request without FINGERPRINT", data: hostileSTUN(0x0001, hostileTxID(), nil, false), validRequest: true},
 		{name: "length field beyond the datagram", data: lenTooBig},
 		{name: "length field not a multiple of 4", data: hostileSTUN(0x0001, hostileTxID(), hostileRand(6), false)},
 		{name: "trailing bytes after a valid request", data: trailing},
@@ -285,7 +286,7 @@ func hostileLookalikes(t testing.TB) []hostileMsg {
 		{name: "top two bits set", data: topBits},
 		{name: "19 bytes with the magic cookie", data: short},
 		{name: "STUN indication with a valid FINGERPRINT", data: hostileSTUN(0x0011, hostileTxID(), nil, true)},
-		{name: "65,504-byte STUN-looking message without FINGERPRINT", data: hugeNoFP},
+		{name: "65,504-byte Binding Request with an unknown comprehension-required attribute", data: hugeUnknown},
 		{name: "65,507 random bytes", data: hostileRand(hostileMaxV4)},
 		{name: "valid Binding Request", data: keepalive.AppendBindingRequest(nil, hostileTxID()), validRequest: true},
 		{name: "valid Binding Request with SOFTWARE", data: hostileSTUN(0x0001, hostileTxID(), hostileAttr(0x8022, []byte("hostile")), true), validRequest: true},

@@ -20,6 +20,11 @@ type Metrics struct {
 	rtt             *prometheus.HistogramVec
 	deadPeers       *prometheus.CounterVec
 	revivedPeers    *prometheus.CounterVec
+	unansweredFlows *prometheus.CounterVec
+	notAnswering    *prometheus.GaugeVec
+	heals           *prometheus.CounterVec
+	echoes          *prometheus.CounterVec
+	reconnects      *prometheus.CounterVec
 	rebinds         *prometheus.CounterVec
 	mappingChanges  *prometheus.CounterVec
 	stunAnswered    *prometheus.CounterVec
@@ -53,7 +58,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		replies:         cv("udp_heartbeat_replies_total", "Heartbeat replies received and consumed."),
 		rtt:             prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "natkeep", Name: "udp_heartbeat_rtt_seconds", Help: "Round-trip time of answered heartbeats.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, route),
 		deadPeers:       cv("udp_dead_peers_total", "Flows whose peer was declared dead after missed heartbeat replies."),
-		revivedPeers:    cv("udp_revived_peers_total", "Dead peers that answered again."),
+		revivedPeers:    cv("udp_revived_peers_total", "Dead peers heard from again, by what was heard (data: any datagram from the upstream; reply: a heartbeat reply).", "via"),
+		unansweredFlows: cv("udp_unanswered_flows_total", "Flows whose heartbeats went unanswered dead_after times while the route's upstream had never answered one (it does not speak the heartbeat protocol; not a dead peer)."),
+		notAnswering:    gv("udp_upstream_not_answering", "1 while the route's upstream has never answered a heartbeat after dead_after tries: liveness and RTT are off, heartbeats still keep the mapping."),
+		heals:           cv("udp_heal_heartbeats_total", "Heartbeats sent at the normal TTL on a TTL-limited route, to re-create a mapping the limited ones cannot."),
+		echoes:          cv("udp_heartbeat_echoes_total", "Datagrams from the upstream that repeat the route's heartbeat payload (echoes): delivered unless a reply matcher takes them, never extending a flow's life."),
+		reconnects:      cv("udp_upstream_reconnects_total", "Flows of dead peers pointed at the upstream name's new address from the same local port (on_dead=keep)."),
 		rebinds:         cv("udp_rebinds_total", "Upstream sockets replaced with a fresh local port (new NAT mapping)."),
 		mappingChanges:  cv("udp_nat_mapping_changes_total", "STUN XOR-MAPPED-ADDRESS changes between replies (NAT rebinding)."),
 		stunAnswered:    cv("udp_stun_requests_answered_total", "STUN Binding Requests answered by a responder route."),
@@ -68,7 +78,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
 			m.flowsActive, m.flowsCreated, m.flowsExpired, m.flowsRefused, m.datagrams, m.bytes,
-			m.drops, m.heartbeats, m.replies, m.rtt, m.deadPeers, m.revivedPeers, m.rebinds,
+			m.drops, m.heartbeats, m.replies, m.rtt, m.deadPeers, m.revivedPeers, m.unansweredFlows,
+			m.notAnswering, m.heals, m.echoes, m.reconnects, m.rebinds,
 			m.mappingChanges, m.stunAnswered, m.connsActive, m.connsTotal, m.connEnds, m.tcpBytes,
 			m.dialSeconds, m.listenerUp, m.resolveFailures,
 		} {
@@ -91,17 +102,20 @@ const (
 
 // udpStats are one UDP route's collectors, resolved once.
 type udpStats struct {
-	flowsActive                                prometheus.Gauge
-	flowsCreated, flowsExpired, flowsRefused   prometheus.Counter
-	dgUp, dgDown, bytesUp, bytesDown           prometheus.Counter
-	dropUpRefused, dropUpErr, dropClientErr    prometheus.Counter
-	dropUnresolved, dropSetup, dropStray       prometheus.Counter
-	dropLimit, dropNoOrigDst                   prometheus.Counter
-	heartbeats, replies                        prometheus.Counter
-	rtt                                        prometheus.Observer
-	dead, revived, rebinds, mapChanges, stunOK prometheus.Counter
-	listenerUp                                 prometheus.Gauge
-	resolveFailures                            prometheus.Counter
+	flowsActive                              prometheus.Gauge
+	flowsCreated, flowsExpired, flowsRefused prometheus.Counter
+	dgUp, dgDown, bytesUp, bytesDown         prometheus.Counter
+	dropUpRefused, dropUpErr, dropClientErr  prometheus.Counter
+	dropUnresolved, dropSetup, dropStray     prometheus.Counter
+	dropLimit, dropNoOrigDst                 prometheus.Counter
+	heartbeats, replies                      prometheus.Counter
+	rtt                                      prometheus.Observer
+	dead, rebinds, mapChanges, stunOK        prometheus.Counter
+	revivedData, revivedReply, unanswered    prometheus.Counter
+	heals, echoes, reconnects                prometheus.Counter
+	notAnswering                             prometheus.Gauge
+	listenerUp                               prometheus.Gauge
+	resolveFailures                          prometheus.Counter
 }
 
 func (m *Metrics) udp(route string) *udpStats {
@@ -116,7 +130,10 @@ func (m *Metrics) udp(route string) *udpStats {
 		dropUpRefused: drop(dropUpstreamRefused), dropUpErr: drop(dropUpstreamError), dropClientErr: drop(dropClientError),
 		dropUnresolved: drop(dropUnresolved), dropSetup: drop(dropFlowSetup), dropStray: drop(dropStrayReply),
 		heartbeats: m.heartbeats.With(l), replies: m.replies.With(l), rtt: m.rtt.With(l),
-		dead: m.deadPeers.With(l), revived: m.revivedPeers.With(l), rebinds: m.rebinds.With(l),
+		dead: m.deadPeers.With(l), rebinds: m.rebinds.With(l),
+		revivedData: m.revivedPeers.WithLabelValues(route, "udp", "data"), revivedReply: m.revivedPeers.WithLabelValues(route, "udp", "reply"),
+		unanswered: m.unansweredFlows.With(l), notAnswering: m.notAnswering.With(l),
+		heals: m.heals.With(l), echoes: m.echoes.With(l), reconnects: m.reconnects.With(l),
 		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l),
 		listenerUp: m.listenerUp.With(l), resolveFailures: m.resolveFailures.With(l),
 	}

@@ -78,6 +78,7 @@ type UDPOptions struct {
 	Payload         keepalive.Payload
 	Reply           keepalive.Reply
 	TTL             int           // IP TTL / hop limit of heartbeats only; 0 = the socket's default
+	STUNStrict      bool          // responder: answer only Binding Requests that end in a valid FINGERPRINT
 	FlowIdleTimeout time.Duration // forget a flow after this long without application traffic
 	MaxFlows        int
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,6 +56,33 @@ type udpRoute struct {
 	hbBuf   []byte // heartbeat encode buffer, used by the scheduler goroutine only
 	refuse  logLimiter
 	errLog  logLimiter
+	events  flowEvents
+
+	answered    atomic.Bool  // some flow's upstream answered a heartbeat
+	notAnswered atomic.Bool  // warned that the upstream never answers heartbeats
+	lastResolve atomic.Int64 // mono time of the last on-demand resolution (dead peers)
+}
+
+// flowEvents are the rate-limited per-flow log lines of a route.
+type flowEvents struct {
+	dead, revived, mapped, rebound, reconnected *eventLog
+}
+
+func newFlowEvents(log *slog.Logger) flowEvents {
+	return flowEvents{
+		dead:        newEventLog(log, slog.LevelWarn, "UDP peer dead: nothing heard from the upstream"),
+		revived:     newEventLog(log, slog.LevelInfo, "UDP peer alive again"),
+		mapped:      newEventLog(log, slog.LevelWarn, "NAT mapping changed (rebinding)"),
+		rebound:     newEventLog(log, slog.LevelInfo, "UDP flow rebound to a new local port"),
+		reconnected: newEventLog(log, slog.LevelInfo, "UDP flow follows the upstream's new address from the same local port"),
+	}
+}
+
+// flush writes the summaries of suppressed lines.
+func (e flowEvents) flush() {
+	for _, l := range []*eventLog{e.dead, e.revived, e.mapped, e.rebound, e.reconnected} {
+		l.flush()
+	}
 }
 
 // flowKey identifies a flow: the client's address, and in transparent mode
@@ -85,17 +113,21 @@ func newFlowOpts(o UDPOptions) (*flowOpts, error) {
 
 // flow is one client address and its own connected upstream socket.
 type flow struct {
-	key     flowKey // key.client is the app's address
-	opt     *flowOpts
-	out     *net.UDPConn // the socket that sends to the client
-	conn    atomic.Pointer[net.UDPConn]
-	lastOut atomic.Int64 // mono time of the last application datagram upstream
-	lastIn  atomic.Int64 // mono time of the last application datagram downstream
-	created int64
+	key       flowKey // key.client is the app's address
+	opt       *flowOpts
+	out       *net.UDPConn // the socket that sends to the client
+	conn      atomic.Pointer[net.UDPConn]
+	lastOut   atomic.Int64 // mono time of the last application datagram upstream
+	lastIn    atomic.Int64 // mono time of the last application datagram downstream (what keeps the flow)
+	lastHeard atomic.Int64 // mono time of the last datagram of any kind from the upstream (what proves it alive)
+	lastBeat  atomic.Int64 // mono time of the last heartbeat sent; 0 = none yet
+	dead      atomic.Bool  // mirrors ka.Dead() so the datagram path can revive without the lock
+	created   int64
 
 	mu     sync.Mutex // guards ka, mapped, closed
 	ka     keepalive.Flow
 	mapped netip.AddrPort // last STUN XOR-MAPPED-ADDRESS
+	peer   netip.AddrPort // the address the upstream socket is connected to
 	closed bool
 
 	wake int64 // scheduler-owned: when to service this flow next
@@ -118,6 +150,7 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		hbBuf:  make([]byte, 0, 256),
 		refuse: logLimiter{period: 10 * time.Second},
 		errLog: logLimiter{period: 10 * time.Second},
+		events: newFlowEvents(log),
 	}
 	if u.fopt, err = newFlowOpts(r.UDP); err != nil {
 		return nil, err
@@ -163,8 +196,9 @@ func (u *udpRoute) listen(ctx context.Context) error {
 // start resolves the upstream and starts the goroutines.
 func (u *udpRoute) start() {
 	_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
-	u.wg.Add(3)
+	u.wg.Add(4)
 	go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
+	go func() { defer u.wg.Done(); u.flushEvents() }()
 	if u.route.Transparent {
 		go func() { defer u.wg.Done(); u.serveIntercepted() }()
 	} else {
@@ -197,6 +231,22 @@ func (u *udpRoute) serveClients() {
 			}
 		}
 		u.sendUpstream(f, b)
+	}
+}
+
+// flushEvents writes the summaries of suppressed per-flow log lines until
+// the route closes.
+func (u *udpRoute) flushEvents() {
+	t := time.NewTicker(eventPeriod * 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-u.ctx.Done():
+			u.events.flush()
+			return
+		case <-t.C:
+			u.events.flush()
+		}
 	}
 }
 
@@ -254,7 +304,7 @@ func (u *udpRoute) newFlow(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
 		}
 		return nil
 	}
-	c, err := u.dialUpstream(key)
+	c, peer, err := u.dialUpstream(key)
 	if err != nil {
 		if errors.Is(err, errUnresolved) {
 			u.st.dropUnresolved.Inc()
@@ -265,7 +315,7 @@ func (u *udpRoute) newFlow(key flowKey, o *flowOpts, out *net.UDPConn) *flow {
 		return nil
 	}
 	now := mono()
-	f := &flow{key: key, opt: o, out: out, created: now, idx: -1}
+	f := &flow{key: key, opt: o, out: out, created: now, idx: -1, peer: peer}
 	f.conn.Store(c)
 	f.lastOut.Store(now)
 	u.mu.Lock()
@@ -294,32 +344,44 @@ var errUnresolved = errors.New("upstream address not resolved yet")
 // dialUpstream opens a connected socket to the current upstream address:
 // the kernel then drops datagrams from anyone else, and the flow gets its
 // own local port, hence its own NAT mapping.
-func (u *udpRoute) dialUpstream(key flowKey) (*net.UDPConn, error) {
+func (u *udpRoute) dialUpstream(key flowKey) (*net.UDPConn, netip.AddrPort, error) {
 	addr := key.dst // transparent mode: the destination the app chose
 	if !addr.IsValid() {
 		var ok bool
 		if addr, ok = u.up.Addr(); !ok {
-			return nil, errUnresolved
+			return nil, addr, errUnresolved
 		}
 	}
 	if u.dialControl == nil {
-		return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+		return c, addr, err
 	}
 	d := net.Dialer{Control: u.dialControl}
 	c, err := d.DialContext(u.ctx, "udp", addr.String())
 	if err != nil {
-		return nil, err
+		return nil, addr, err
 	}
-	return c.(*net.UDPConn), nil
+	return c.(*net.UDPConn), addr, nil
 }
 
-// fromUpstream handles one datagram from the upstream: a heartbeat reply is
-// consumed, anything else goes to the client untouched.
+// fromUpstream handles one datagram from the upstream: whatever it is, it
+// proves the peer alive; a heartbeat reply is consumed; anything else goes
+// to the client untouched, and postpones the flow's expiry unless it is an
+// echo of a heartbeat.
 func (u *udpRoute) fromUpstream(f *flow, b []byte) {
-	if f.opt.Reply.Enabled() && u.consumeReply(f, b) {
+	now := mono()
+	f.lastHeard.Store(now)
+	if f.opt.Reply.Enabled() && u.consumeReply(f, b, now) {
 		return
 	}
-	f.lastIn.Store(mono())
+	if f.dead.Load() {
+		u.heard(f, now)
+	}
+	if u.isEcho(f, b) {
+		u.st.echoes.Inc() // delivered, but it is our heartbeat coming back, not app traffic
+	} else {
+		f.lastIn.Store(now)
+	}
 	var err error
 	if f.out == u.ln {
 		_, err = u.ln.WriteToUDPAddrPort(b, f.key.client)
@@ -335,8 +397,28 @@ func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 	u.st.bytesDown.Add(float64(len(b)))
 }
 
+// isEcho reports whether b repeats the flow's fixed heartbeat payload after
+// a heartbeat went out: an echo server answers every heartbeat, and if
+// echoes counted as traffic a flow would never expire.
+func (u *udpRoute) isEcho(f *flow, b []byte) bool {
+	p := &f.opt.Payload
+	return p.Kind != keepalive.PayloadSTUN && len(b) == len(p.Bytes) && f.lastBeat.Load() != 0 && bytes.Equal(b, p.Bytes)
+}
+
+// heard revives a dead peer that app data came from.
+func (u *udpRoute) heard(f *flow, now int64) {
+	f.mu.Lock()
+	revived := f.opt.Heartbeat.Heard(&f.ka, now)
+	f.dead.Store(f.ka.Dead())
+	f.mu.Unlock()
+	if revived {
+		u.st.revivedData.Inc()
+		u.events.revived.emit("client", f.key.client, "via", "data")
+	}
+}
+
 // consumeReply reports whether b is a reply to our heartbeats, recording it.
-func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
+func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 	var (
 		res      keepalive.ReplyResult
 		changed  bool
@@ -344,7 +426,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
 	)
 	switch f.opt.Reply.Kind {
 	case keepalive.ReplySTUN:
-		_, id, ok := keepalive.PeekTxID(b)
+		typ, id, ok := keepalive.PeekTxID(b)
 		if !ok {
 			return false
 		}
@@ -353,43 +435,79 @@ func (u *udpRoute) consumeReply(f *flow, b []byte) bool {
 			f.mu.Unlock()
 			return false // app data that happens to look like STUN
 		}
-		res = f.opt.Heartbeat.Reply(&f.ka, mono(), true, id)
+		if keepalive.IsRequest(typ) {
+			// Our own Binding Request, echoed: consumed (the app never
+			// sent it), alive, but no answer and no RTT.
+			revived := f.opt.Heartbeat.Heard(&f.ka, now)
+			f.dead.Store(f.ka.Dead())
+			f.mu.Unlock()
+			u.st.echoes.Inc()
+			if revived {
+				u.st.revivedData.Inc()
+				u.events.revived.emit("client", f.key.client, "via", "data")
+			}
+			return true
+		}
+		res = f.opt.Heartbeat.Reply(&f.ka, now, true, id)
 		if resp, err := keepalive.ParseBindingResponse(b); err == nil && resp.HasMapped && res.Counted {
 			cur = netip.AddrPortFrom(resp.Mapped.Addr().Unmap(), resp.Mapped.Port())
 			old = f.mapped
 			changed = old.IsValid() && old != cur
 			f.mapped = cur
 		}
+		f.dead.Store(f.ka.Dead())
 		f.mu.Unlock()
-		if !res.Counted {
-			u.st.dropStray.Inc()
-			return true
-		}
 	case keepalive.ReplyBytes:
 		if !f.opt.Reply.MatchBytes(b) {
 			return false
 		}
 		f.mu.Lock()
-		res = f.opt.Heartbeat.Reply(&f.ka, mono(), false, keepalive.TxID{})
+		res = f.opt.Heartbeat.Reply(&f.ka, now, false, keepalive.TxID{})
+		f.dead.Store(f.ka.Dead())
 		f.mu.Unlock()
-		if !res.Counted {
-			u.st.dropStray.Inc()
-			return true
-		}
 	default:
 		return false
 	}
+	u.markAnswered()
+	if res.Revived {
+		u.st.revivedReply.Inc()
+		u.events.revived.emit("client", f.key.client, "via", "reply")
+	}
+	if !res.Counted {
+		u.st.dropStray.Inc() // a late or duplicate reply: ours, consumed, measures nothing
+		return true
+	}
 	u.st.replies.Inc()
 	u.st.rtt.Observe(res.RTT.Seconds())
-	if res.Revived {
-		u.st.revived.Inc()
-		u.log.Info("UDP peer alive again", "client", f.key.client, "rtt", res.RTT)
-	}
 	if changed {
 		u.st.mapChanges.Inc()
-		u.log.Warn("NAT mapping changed (rebinding)", "client", f.key.client, "old_public", old, "new_public", cur)
+		u.events.mapped.emit("client", f.key.client, "old_public", old, "new_public", cur)
 	}
 	return true
+}
+
+// markAnswered records that the route's upstream answers heartbeats, so
+// silence on any of its flows can mean death.
+func (u *udpRoute) markAnswered() {
+	if u.answered.Load() || !u.answered.CompareAndSwap(false, true) {
+		return
+	}
+	u.st.notAnswering.Set(0)
+	if u.notAnswered.Load() {
+		u.log.Info("upstream answers heartbeats now: liveness and RTT are on", "upstream", u.up.hostport)
+	}
+}
+
+// noAnswer handles a flow whose DeadAfter heartbeats went unanswered on a
+// route whose upstream never answered one: it does not speak the protocol.
+func (u *udpRoute) noAnswer(f *flow) {
+	u.st.unanswered.Inc()
+	if u.answered.Load() || !u.notAnswered.CompareAndSwap(false, true) {
+		return
+	}
+	u.st.notAnswering.Set(1)
+	u.log.Warn("upstream does not answer "+f.opt.Reply.String()+" heartbeats: liveness and RTT are off, heartbeats still keep the mapping",
+		"upstream", u.up.hostport, "client", f.key.client, "dead_after", f.opt.Heartbeat.DeadAfter)
 }
 
 // answerSTUN answers a valid STUN Binding Request from a client (responder
@@ -398,9 +516,13 @@ func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
 	if !keepalive.LooksLikeSTUN(b) {
 		return false
 	}
-	id, err := keepalive.ParseBindingRequest(b)
+	parse := keepalive.ParseBindingRequest
+	if u.opt.STUNStrict {
+		parse = keepalive.ParseFingerprintedBindingRequest
+	}
+	id, err := parse(b)
 	if err != nil {
-		return false // looks like STUN but is not a valid request: app data
+		return false // looks like STUN but is not a request we may answer: app data
 	}
 	mapped := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	var buf [128]byte
@@ -432,44 +554,130 @@ func (u *udpRoute) service(f *flow, now int64) int64 {
 		f.mu.Unlock()
 		return 0
 	}
-	d := hb.Tick(&f.ka, now, f.lastOut.Load(), rand.Float64())
+	traffic := keepalive.Traffic{Outbound: f.lastOut.Load(), Heard: f.lastHeard.Load(), RouteAnswered: u.answered.Load()}
+	d := hb.Tick(&f.ka, now, traffic, rand.Float64())
 	var id keepalive.TxID
 	if d.Send && f.opt.Payload.Kind == keepalive.PayloadSTUN {
 		id = keepalive.NewTxID()
 		f.ka.Sent(id)
 	}
+	dead := f.ka.Dead()
+	f.dead.Store(dead)
 	f.mu.Unlock()
 	if d.Send {
-		u.sendHeartbeat(f, id)
+		u.sendHeartbeat(f, id, d.Full)
 	}
-	if d.Died {
-		u.st.dead.Inc()
-		u.log.Warn("UDP peer dead: heartbeats unanswered", "client", f.key.client, "misses", hb.DeadAfter, "upstream", u.up.hostport)
-	}
-	if d.Rebind {
-		u.wg.Add(1)
-		go func() { defer u.wg.Done(); u.rebind(f) }()
-	}
+	u.liveness(f, d, dead)
 	return min(expiry, d.Next)
 }
 
+// liveness acts on what Tick decided about the peer.
+func (u *udpRoute) liveness(f *flow, d keepalive.Decision, dead bool) {
+	hb := &f.opt.Heartbeat
+	if d.Revived {
+		u.st.revivedData.Inc()
+		u.events.revived.emit("client", f.key.client, "via", "data")
+	}
+	if d.Unanswered {
+		u.noAnswer(f)
+	}
+	if d.Died {
+		u.st.dead.Inc()
+		action := "keeping the flow and its local port"
+		if hb.Rebind {
+			action = "rebinding to a new local port"
+		}
+		u.events.dead.emit("client", f.key.client, "misses", hb.DeadAfter, "upstream", u.up.hostport, "action", action)
+	}
+	switch {
+	case d.Rebind:
+		u.rebindAsync(f)
+	case dead && !hb.Rebind && !f.key.dst.IsValid():
+		// on_dead=keep: find out whether the name moved, and follow it
+		// from the same local port if it did.
+		if d.Died && u.mayResolve() {
+			u.wg.Add(1)
+			go func() { defer u.wg.Done(); _ = u.up.resolve(u.ctx); u.follow(f) }()
+		} else {
+			u.follow(f)
+		}
+	}
+}
+
+// mayResolve reports whether an on-demand resolution of the upstream name
+// may run now: at most one per resolve interval per route, however many
+// flows die at once.
+func (u *udpRoute) mayResolve() bool {
+	if u.up.fixed {
+		return false
+	}
+	now, last := mono(), u.lastResolve.Load()
+	if last != 0 && now-last < int64(u.resolveInterval) {
+		return false
+	}
+	return u.lastResolve.CompareAndSwap(last, now)
+}
+
+// follow points a dead peer's flow at the upstream's current address if the
+// name now resolves elsewhere, keeping the local port (on_dead=keep). A
+// change of address family cannot keep the socket, so it rebinds.
+func (u *udpRoute) follow(f *flow) {
+	cur, ok := u.up.Addr()
+	if !ok {
+		return
+	}
+	f.mu.Lock()
+	old := f.peer
+	if f.closed || old == cur {
+		f.mu.Unlock()
+		return
+	}
+	c := f.conn.Load()
+	if old.Addr().Is4() != cur.Addr().Is4() {
+		f.mu.Unlock()
+		u.rebindAsync(f)
+		return
+	}
+	err := sockopt.Reconnect(c, cur)
+	if err == nil {
+		f.peer = cur
+		f.mapped = netip.AddrPort{} // a new server sees a new mapping, not a rebinding
+	}
+	f.mu.Unlock()
+	if err != nil {
+		u.logError("cannot reconnect upstream socket", err, "client", f.key.client)
+		if errors.Is(err, sockopt.ErrNotSupported) {
+			u.rebindAsync(f)
+		}
+		return
+	}
+	u.st.reconnects.Inc()
+	u.events.reconnected.emit("client", f.key.client, "local", c.LocalAddr(), "old_upstream", old, "new_upstream", cur)
+}
+
 // sendHeartbeat sends one heartbeat on the flow's upstream socket, with the
-// configured TTL set on this datagram only.
-func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
+// configured TTL set on this datagram only unless full asks for the normal
+// TTL (a heal heartbeat).
+func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID, full bool) {
 	c := f.conn.Load()
 	b := f.opt.Payload.Bytes
 	if f.opt.Payload.Kind == keepalive.PayloadSTUN {
 		u.hbBuf = keepalive.AppendBindingRequest(u.hbBuf[:0], id)
 		b = u.hbBuf
 	}
+	var oob []byte
+	if !full {
+		oob = f.opt.ttlOOB(c)
+	}
 	send := func() error {
-		if oob := f.opt.ttlOOB(c); oob != nil {
+		if oob != nil {
 			_, _, err := c.WriteMsgUDP(b, oob, nil)
 			return err
 		}
 		_, err := c.Write(b)
 		return err
 	}
+	f.lastBeat.Store(mono())
 	err := send()
 	if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
 		// A queued ICMP port unreachable failed this send, not this
@@ -486,6 +694,9 @@ func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID) {
 		return
 	}
 	u.st.heartbeats.Inc()
+	if full && f.opt.ttlOOB4 != nil {
+		u.st.heals.Inc()
+	}
 }
 
 // ttlOOB returns the TTL control message for c's address family, or nil.
@@ -499,14 +710,21 @@ func (o *flowOpts) ttlOOB(c *net.UDPConn) []byte {
 	return o.ttlOOB4
 }
 
+// rebindAsync rebinds f off the scheduler goroutine (a resolution can take
+// seconds); it is only called from goroutines the route's WaitGroup counts.
+func (u *udpRoute) rebindAsync(f *flow) {
+	u.wg.Add(1)
+	go func() { defer u.wg.Done(); u.rebind(f) }()
+}
+
 // rebind re-resolves the upstream and gives the flow a new upstream socket
 // (a new local port, so every NAT on the path creates a fresh mapping); the
 // client side of the flow is untouched.
 func (u *udpRoute) rebind(f *flow) {
-	if !f.key.dst.IsValid() {
+	if !f.key.dst.IsValid() && u.mayResolve() {
 		_ = u.up.resolve(u.ctx) // failures are logged and counted inside
 	}
-	c, err := u.dialUpstream(f.key)
+	c, peer, err := u.dialUpstream(f.key)
 	if err != nil {
 		u.logError("rebind failed", err, "client", f.key.client)
 		return
@@ -518,6 +736,7 @@ func (u *udpRoute) rebind(f *flow) {
 		return
 	}
 	old := f.conn.Swap(c)
+	f.peer = peer
 	f.mapped = netip.AddrPort{} // a new mapping is expected, not a rebinding
 	f.mu.Unlock()
 	u.readers.unwatch(old)
@@ -526,7 +745,7 @@ func (u *udpRoute) rebind(f *flow) {
 		u.logError("cannot watch rebound upstream socket", err, "client", f.key.client)
 	}
 	u.st.rebinds.Inc()
-	u.log.Info("UDP flow rebound to a new local port", "client", f.key.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", c.RemoteAddr())
+	u.events.rebound.emit("client", f.key.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", peer)
 }
 
 // expire forgets a flow that has been idle for the idle timeout.

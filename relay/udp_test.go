@@ -236,7 +236,8 @@ func TestUDPFlowExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "flow to start", func() bool { return r.Stats().UDPFlows == 1 })
-	eventually(t, "flow to expire", func() bool { return r.Stats().UDPFlows == 0 })
+	// The table entry goes before the counters move: wait for both.
+	eventually(t, "flow to expire", func() bool { return r.Stats().UDPFlows == 0 && counter(m.flowsExpired) == 1 })
 	if age := time.Since(sent); age < 700*time.Millisecond {
 		t.Fatalf("flow expired after %v, before its 700ms idle timeout", age)
 	}
@@ -401,46 +402,6 @@ func TestUDPResponderPassesLookalikes(t *testing.T) {
 	if got := readWithin(t, c, testDeadline); !bytes.Equal(got, req) {
 		t.Fatal("lookalike was not relayed untouched")
 	}
-}
-
-// TestUDPDeadPeerRebind: the upstream stops answering STUN heartbeats; the
-// peer is declared dead after DeadAfter misses and the flow gets a new
-// upstream socket, while the client keeps its flow.
-func TestUDPDeadPeerRebind(t *testing.T) {
-	echo := newUDPServer(t, "udp4", "127.0.0.1:0", true)
-	resp := Route{Name: "responder", Proto: UDP, Listen: "127.0.0.1:0", Upstream: echo.addr(), UDP: udpOpts()}
-	resp.UDP.Role = RoleResponder
-	rr, _ := startRelay(t, resp)
-	// A silent sink in front: it forwards nothing, so heartbeats go unanswered.
-	sink := newUDPServer(t, "udp4", "127.0.0.1:0", false)
-
-	o := udpOpts()
-	o.Payload, _ = keepalive.ParsePayload("stun")
-	o.Reply, _ = keepalive.ParseReply("", o.Payload)
-	o.Heartbeat = keepalive.Schedule{Interval: 100 * time.Millisecond, DeadAfter: 3, ExpectReply: true}
-	cr, cm := startRelay(t, newRouteUDP("127.0.0.1:0", sink.addr(), o))
-	c := dialUDP(t, cr.Addrs()[0])
-	if _, err := c.Write([]byte("hi")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "peer declared dead", func() bool { return counter(cm.deadPeers) == 1 })
-	eventually(t, "flow rebound", func() bool { return counter(cm.rebinds) >= 1 })
-	sources := map[netip.AddrPort]bool{}
-	for _, d := range sink.received() {
-		sources[d.from] = true
-	}
-	eventually(t, "heartbeats from the new socket", func() bool {
-		for _, d := range sink.received() {
-			if !sources[d.from] {
-				return true
-			}
-		}
-		return false
-	})
-	if cr.Stats().UDPFlows != 1 || counter(cm.flowsCreated) != 1 {
-		t.Fatal("the client's flow must survive a rebind")
-	}
-	_ = rr
 }
 
 // TestUDPByteReplyConsumed: with a protocol's own ping/pong configured

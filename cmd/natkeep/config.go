@@ -33,7 +33,10 @@ type envConfig struct {
 	HeartbeatPayload  string        `env:"UDP_HEARTBEAT_PAYLOAD" envDefault:"empty" help:"empty, nat-t (0xFF), crlf, stun, hex:<bytes> or text:<string>"`
 	HeartbeatTTL      int           `env:"UDP_HEARTBEAT_TTL" envDefault:"0" help:"IP TTL / hop limit of heartbeats only (1..255); a NAT within N hops is refreshed and the server never sees them; 0 = off"`
 	HeartbeatReply    string        `env:"UDP_HEARTBEAT_REPLY" help:"what counts as a pong (consumed, never passed to the app): none, stun, hex:<bytes>, text:<string>; default stun for payload stun, else none"`
-	DeadAfter         int           `env:"UDP_DEAD_AFTER" envDefault:"3" help:"missed replies in a row that declare the peer dead (only with a reply)"`
+	HeartbeatTTLHeal  time.Duration `env:"UDP_HEARTBEAT_TTL_HEAL" envDefault:"5m" help:"with a heartbeat TTL: send one heartbeat at the normal TTL at least this often, so a mapping lost to a NAT restart comes back without app traffic (the server then sees one heartbeat per period); 0 = never"`
+	DeadAfter         int           `env:"UDP_DEAD_AFTER" envDefault:"3" help:"heartbeat intervals in a row with nothing at all from the upstream that declare the peer dead (only with a reply)"`
+	OnDead            string        `env:"UDP_ON_DEAD" envDefault:"keep" help:"what a dead peer's flow does: keep (same local port, so a lost mapping is re-created where the server expects it; follows a changed DNS address) or rebind (a new local port, for NATs that must be given a fresh mapping)"`
+	STUNStrict        bool          `env:"UDP_STUN_STRICT" envDefault:"false" help:"responder routes: answer only Binding Requests that end in a valid FINGERPRINT (for servers whose own protocol could look like STUN); default answers every well-formed RFC 5389/8489 Binding Request"`
 	FlowIdleTimeout   time.Duration `env:"UDP_FLOW_IDLE_TIMEOUT" envDefault:"10m" help:"forget a flow after this long without application traffic either way; heartbeats never extend it"`
 	MaxFlows          int           `env:"UDP_MAX_FLOWS" envDefault:"65536" help:"flows per UDP route; new flows beyond it are refused and counted"`
 
@@ -125,6 +128,7 @@ func loadConfig(environ map[string]string) (*config, error) {
 	defs := routeSettings{
 		interval: ec.HeartbeatInterval, payload: ec.HeartbeatPayload, ttl: ec.HeartbeatTTL,
 		reply: ec.HeartbeatReply, deadAfter: ec.DeadAfter, idleTimeout: ec.FlowIdleTimeout,
+		ttlHeal: ec.HeartbeatTTLHeal, onDead: ec.OnDead, stunStrict: ec.STUNStrict,
 		maxFlows: ec.MaxFlows, role: string(relay.RoleClient),
 		kaIdle: ec.KeepaliveIdle, kaInterval: ec.KeepaliveInterval, kaCount: ec.KeepaliveCount,
 		userTimeout: ec.UserTimeout, connectTimeout: ec.ConnectTimeout, maxConns: ec.MaxConns,
@@ -235,6 +239,9 @@ type routeSettings struct {
 	ttl            int
 	reply          string
 	deadAfter      int
+	ttlHeal        time.Duration
+	onDead         string
+	stunStrict     bool
 	idleTimeout    time.Duration
 	maxFlows       int
 	role           string
@@ -275,6 +282,17 @@ func intSetter(dst func(*routeSettings) *int) func(*routeSettings, string) error
 	}
 }
 
+func boolSetter(dst func(*routeSettings) *bool) func(*routeSettings, string) error {
+	return func(s *routeSettings, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*dst(s) = b
+		return nil
+	}
+}
+
 func stringSetter(dst func(*routeSettings) *string) func(*routeSettings, string) error {
 	return func(s *routeSettings, v string) error { *dst(s) = v; return nil }
 }
@@ -286,6 +304,9 @@ var queryKeys = map[string]queryKey{
 	"ttl":                {"HeartbeatTTL", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.ttl })},
 	"reply":              {"HeartbeatReply", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.reply })},
 	"dead_after":         {"DeadAfter", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.deadAfter })},
+	"ttl_heal":           {"HeartbeatTTLHeal", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.ttlHeal })},
+	"on_dead":            {"OnDead", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.onDead })},
+	"stun_strict":        {"STUNStrict", relay.UDP, boolSetter(func(s *routeSettings) *bool { return &s.stunStrict })},
 	"idle_timeout":       {"FlowIdleTimeout", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.idleTimeout })},
 	"max_flows":          {"MaxFlows", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.maxFlows })},
 	"role":               {"", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.role })},
@@ -329,15 +350,29 @@ func (s routeSettings) udp() (relay.UDPOptions, error) {
 	if s.deadAfter < 1 {
 		return o, &settingError{"dead_after", "DeadAfter", strconv.Itoa(s.deadAfter), "must be at least 1"}
 	}
+	if s.ttlHeal < 0 || (s.ttlHeal > 0 && s.ttlHeal < minHeartbeatInterval) {
+		return o, &settingError{"ttl_heal", "HeartbeatTTLHeal", s.ttlHeal.String(), fmt.Sprintf("must be 0 (never) or at least %s", minHeartbeatInterval)}
+	}
+	var rebind bool
+	switch s.onDead {
+	case "keep":
+	case "rebind":
+		rebind = true
+	default:
+		return o, &settingError{"on_dead", "OnDead", s.onDead, "want keep or rebind"}
+	}
 	if s.idleTimeout <= 0 {
 		return o, &settingError{"idle_timeout", "FlowIdleTimeout", s.idleTimeout.String(), "must be positive"}
 	}
 	if s.maxFlows < 1 {
 		return o, &settingError{"max_flows", "MaxFlows", strconv.Itoa(s.maxFlows), "must be at least 1"}
 	}
-	o.Payload, o.Reply, o.TTL = p, r, s.ttl
+	o.Payload, o.Reply, o.TTL, o.STUNStrict = p, r, s.ttl, s.stunStrict
 	o.FlowIdleTimeout, o.MaxFlows = s.idleTimeout, s.maxFlows
-	o.Heartbeat = keepalive.Schedule{Interval: s.interval, DeadAfter: s.deadAfter, ExpectReply: r.Enabled()}
+	// Heal matters only with a TTL (the relay sends every heartbeat at the
+	// normal TTL otherwise); it is kept as configured so the options read
+	// the same whatever the ttl.
+	o.Heartbeat = keepalive.Schedule{Interval: s.interval, DeadAfter: s.deadAfter, ExpectReply: r.Enabled(), Rebind: rebind, Heal: s.ttlHeal}
 	if o.Role == relay.RoleResponder {
 		// A responder sits beside the server: it answers heartbeats, it
 		// does not send its own across a NAT it is not behind.

@@ -56,7 +56,7 @@ func cfgUDPDefaults(t testing.TB) relay.UDPOptions {
 	p := cfgPayload(t, "empty")
 	return relay.UDPOptions{
 		Role:            relay.RoleClient,
-		Heartbeat:       keepalive.Schedule{Interval: 20 * time.Second, DeadAfter: 3, ExpectReply: false},
+		Heartbeat:       keepalive.Schedule{Interval: 20 * time.Second, DeadAfter: 3, ExpectReply: false, Heal: 5 * time.Minute},
 		Payload:         p,
 		Reply:           cfgReply(t, "", p),
 		TTL:             0,
@@ -417,6 +417,10 @@ func TestConfigGlobalErrors(t *testing.T) {
 		{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "bogus", nil, []string{`NATKEEP_UDP_HEARTBEAT_PAYLOAD="bogus"`, "unknown kind"}},
 		{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "hex:zz", nil, []string{`NATKEEP_UDP_HEARTBEAT_PAYLOAD="hex:zz"`, "bad hex"}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL", "300", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255`}},
+		{"NATKEEP_UDP_ON_DEAD", "reboot", nil, []string{`NATKEEP_UDP_ON_DEAD="reboot": want keep or rebind`}},
+		{"NATKEEP_UDP_HEARTBEAT_TTL_HEAL", "-5m0s", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL_HEAL="-5m0s": must be 0 (never) or at least 100ms`}},
+		{"NATKEEP_UDP_HEARTBEAT_TTL_HEAL", "x", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL_HEAL="x"`, "not a valid duration"}},
+		{"NATKEEP_UDP_STUN_STRICT", "maybe", nil, []string{`NATKEEP_UDP_STUN_STRICT="maybe"`}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL", "-1", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="-1": must be 0 (off) or 1..255`}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL", "x", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="x"`, "not a valid whole number"}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL", "2", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "stun"}, []string{`NATKEEP_UDP_HEARTBEAT_TTL="2"`, "reply stun can never arrive"}},
@@ -760,9 +764,9 @@ func TestConfigRouteOverrides(t *testing.T) {
 			*o = relay.TCPOptions{Keepalive: sockopt.Keepalive{Idle: 20 * time.Second, Interval: 5 * time.Second, Count: 4},
 				UserTimeout: 45 * time.Second, ConnectTimeout: time.Second, MaxConns: 3}
 		}},
-		{"all udp keys", udp("interval=3s&payload=text:hi&ttl=0&reply=text:ho&dead_after=2&idle_timeout=1h&max_flows=9&role=client"), nil, func(t *testing.T, o *relay.UDPOptions) {
+		{"all udp keys", udp("interval=3s&payload=text:hi&ttl=0&reply=text:ho&dead_after=2&idle_timeout=1h&max_flows=9&role=client&ttl_heal=1m&on_dead=rebind&stun_strict=true"), nil, func(t *testing.T, o *relay.UDPOptions) {
 			p := cfgPayload(t, "text:hi")
-			*o = relay.UDPOptions{Role: relay.RoleClient, Heartbeat: keepalive.Schedule{Interval: 3 * time.Second, DeadAfter: 2, ExpectReply: true},
+			*o = relay.UDPOptions{Role: relay.RoleClient, Heartbeat: keepalive.Schedule{Interval: 3 * time.Second, DeadAfter: 2, ExpectReply: true, Rebind: true, Heal: time.Minute}, STUNStrict: true,
 				Payload: p, Reply: cfgReply(t, "text:ho", p), FlowIdleTimeout: time.Hour, MaxFlows: 9}
 		}, nil},
 	}
@@ -833,6 +837,12 @@ func TestConfigRouteOverrideErrors(t *testing.T) {
 		{"udp://:1/x:1?reply=hex:", nil, []string{"reply=hex:", "needs at least one byte"}},
 		{"udp://:1/x:1?payload=stun", []string{"NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong", "NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf"}, []string{"reply=text:pong", "matched by transaction ID"}},
 		{"udp://:1/x:1?ttl=256", nil, []string{"ttl=256: must be 0 (off) or 1..255"}},
+		{"udp://:1/x:1?on_dead=restart", nil, []string{"on_dead=restart: want keep or rebind"}},
+		{"udp://:1/x:1?on_dead=", nil, []string{"on_dead=: want keep or rebind"}},
+		{"udp://:1/x:1?ttl=2&ttl_heal=-1s", nil, []string{"ttl_heal=-1s: must be 0 (never) or at least 100ms"}},
+		{"udp://:1/x:1?ttl=2&ttl_heal=10ms", nil, []string{"ttl_heal=10ms: must be 0 (never) or at least 100ms"}},
+		{"udp://:1/x:1?ttl_heal=soon", nil, []string{"ttl_heal=soon: not a valid duration"}},
+		{"udp://:1/x:1?role=responder&stun_strict=yes please", nil, []string{"stun_strict=yes please: want true or false"}},
 		{"udp://:1/x:1?ttl=-1", nil, []string{"ttl=-1: must be 0 (off) or 1..255"}},
 		{"udp://:1/x:1?ttl=one", nil, []string{"ttl=one: not a valid whole number"}},
 		{"udp://:1/x:1?ttl=2&payload=stun", nil, []string{"ttl=2", "a TTL-limited heartbeat never reaches the server", "reply stun"}},

@@ -26,7 +26,7 @@ Routes (NATKEEP_ROUTES, comma-separated):
   LISTEN is host:port with an IP or empty host (:5000 = all addresses, [::1]:5000 for IPv6);
   UPSTREAM may be a DNS name, re-resolved every NATKEEP_RESOLVE_INTERVAL.
   Per-route keys override the variables below:
-    udp: interval payload ttl reply dead_after idle_timeout max_flows role (client|responder)
+    udp: interval payload ttl ttl_heal reply dead_after on_dead idle_timeout max_flows role (client|responder) stun_strict
     tcp: keepalive_idle keepalive_interval keepalive_count user_timeout connect_timeout max_conns
   Percent-encode commas and ampersands inside values (text:a%2Cb).
 

@@ -118,7 +118,9 @@ func newSTUNLab(t *testing.T) *stunLab {
 	if !resp.waitFor(20*time.Second, `"msg":"natkeep started"`) {
 		t.Fatalf("responder did not start:\n%s", resp.Output())
 	}
-	route := fmt.Sprintf("udp://127.0.0.1:5000/%s?payload=stun&interval=1s&dead_after=3", netip.AddrPortFrom(l.ServerAddr, 9000))
+	// on_dead=rebind: these tests follow a dead peer through fresh local
+	// ports (TestNATDeadPeerKeepsMapping covers the default, keep).
+	route := fmt.Sprintf("udp://127.0.0.1:5000/%s?payload=stun&interval=1s&dead_after=3&on_dead=rebind", netip.AddrPortFrom(l.ServerAddr, 9000))
 	client := startNatkeep(t, l, "NATKEEP_ROUTES="+route)
 	s := &stunLab{l: l, client: client, resp: resp, route: route, admin: nsHTTPClient(t, l, l.Client)}
 	s.app = newUDPPeer(t, l.dialUDP(t, l.Client, "127.0.0.1:5000"))

@@ -143,6 +143,7 @@ func serve(cfg *config, log *slog.Logger, stderr io.Writer) int {
 	// Signals are caught before binding so a SIGTERM during start-up drains too.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	ignoreHangup(log)
 
 	admin, err := startAdmin(cfg.AdminAddr, adminHandler(reg, r), log)
 	if err != nil {
@@ -182,6 +183,20 @@ func serve(cfg *config, log *slog.Logger, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// ignoreHangup logs and otherwise ignores SIGHUP, which by default would end
+// natkeep at once: a terminal, a supervisor or an operator used to daemons
+// may send it to ask for a reload, but the configuration is the
+// environment, fixed at start, so there is nothing to reload.
+func ignoreHangup(log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP ignored: configuration is environment-only, nothing to reload")
+		}
+	}()
 }
 
 // startFailed reports why natkeep could not start and returns the exit

@@ -98,6 +98,7 @@ const (
 	dropUnresolved      = "upstream_unresolved" // no upstream address known yet
 	dropFlowSetup       = "flow_setup"          // could not open the flow's upstream socket
 	dropStrayReply      = "stray_stun_reply"    // STUN response to a heartbeat we no longer track
+	dropNoOrigDst       = "no_orig_dst"         // transparent route: datagram without its original destination
 )
 
 // udpStats are one UDP route's collectors, resolved once.
@@ -122,7 +123,7 @@ func (m *Metrics) udp(route string) *udpStats {
 	l := prometheus.Labels{"route": route, "proto": "udp"}
 	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, "udp", reason) }
 	return &udpStats{
-		dropLimit:   drop(dropFlowLimit),
+		dropLimit: drop(dropFlowLimit), dropNoOrigDst: drop(dropNoOrigDst),
 		flowsActive: m.flowsActive.With(l), flowsCreated: m.flowsCreated.With(l),
 		flowsExpired: m.flowsExpired.With(l), flowsRefused: m.flowsRefused.With(l),
 		dgUp: m.datagrams.WithLabelValues(route, "udp", "upstream"), dgDown: m.datagrams.WithLabelValues(route, "udp", "downstream"),

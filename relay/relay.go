@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,17 +76,17 @@ func (r *Relay) add(rt Route, m *Metrics) error {
 }
 
 // Start binds every listener and starts relaying. If any listener cannot be
-// bound, the ones already bound are closed and the error names the route.
+// bound, the ones already bound are closed and the error is a *ListenError.
 func (r *Relay) Start() error {
 	var ui, ti int
-	for _, rt := range r.cfg.Routes {
+	for i, rt := range r.cfg.Routes {
 		switch rt.Proto {
 		case UDP:
 			u := r.udp[ui]
 			ui++
 			if err := u.listen(r.ctx); err != nil {
 				r.Close()
-				return fmt.Errorf("route %q: listen udp %s: %w", u.route.Name, u.route.Listen, err)
+				return newListenError(i, rt, err)
 			}
 			r.addrs = append(r.addrs, u.ln.LocalAddr())
 		case TCP:
@@ -93,7 +94,7 @@ func (r *Relay) Start() error {
 			ti++
 			if err := t.listen(r.ctx); err != nil {
 				r.Close()
-				return fmt.Errorf("route %q: listen tcp %s: %w", t.route.Name, t.route.Listen, err)
+				return newListenError(i, rt, err)
 			}
 			r.addrs = append(r.addrs, t.ln.Addr())
 		}
@@ -106,6 +107,36 @@ func (r *Relay) Start() error {
 	}
 	r.ready.Store(true)
 	return nil
+}
+
+// ListenError is Start's error when a route's listener cannot be bound.
+type ListenError struct {
+	Index int   // the route's position in Config.Routes
+	Route Route // the route itself
+	Err   error // the cause, e.g. syscall.EADDRINUSE, without net's "listen tcp ADDR: bind:" around it
+}
+
+// Error names the route, its listen address and the cause.
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("route %q: listen %s %s: %v", e.Route.Name, e.Route.Proto, e.Route.Listen, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// newListenError takes off the operation, address and syscall name that
+// net wraps a bind failure in: the message names the route and address
+// already, and they would otherwise be said twice.
+func newListenError(i int, rt Route, err error) *ListenError {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		err = op.Err
+	}
+	var sc *os.SyscallError
+	if errors.As(err, &sc) {
+		err = sc.Err
+	}
+	return &ListenError{Index: i, Route: rt, Err: err}
 }
 
 // Addrs returns the bound listener addresses in configuration order.

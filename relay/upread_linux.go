@@ -25,10 +25,10 @@ type epollReaders struct {
 	wakefd int // eventfd that ends the loop
 	buf    []byte
 
-	mu     sync.Mutex
-	regs   map[int32]*watchReg
-	byConn map[*net.UDPConn]int32
-	nextID int32
+	mu      sync.Mutex
+	regs    map[regKey]*watchReg
+	byConn  map[*net.UDPConn]regKey
+	lastKey regKey // the key handed out last
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -43,8 +43,36 @@ type watchReg struct {
 	fn func(fd uintptr) bool
 }
 
-// wakeID is the epoll data of the eventfd; socket IDs start above it.
-const wakeID = 0
+// regKey identifies a watched socket in the epoll set: all 8 bytes of
+// epoll_event's data, which x/sys splits into Fd and Pad. 64 bits do not
+// run out in practice, so an unwatched socket's key is not handed out again
+// and a stale event still in flight for it finds no registration.
+type regKey uint64
+
+// wakeKey is the epoll data of the eventfd; no socket gets it.
+const wakeKey regKey = 0
+
+// event is the epoll_event that registers key for events.
+func (k regKey) event(events uint32) unix.EpollEvent {
+	return unix.EpollEvent{Events: events, Fd: int32(uint32(k)), Pad: int32(uint32(k >> 32))}
+}
+
+// eventKey returns the key an epoll_event carries.
+func eventKey(ev *unix.EpollEvent) regKey {
+	return regKey(uint32(ev.Fd)) | regKey(uint32(ev.Pad))<<32
+}
+
+// newKey returns a key that neither the eventfd nor a live registration
+// holds. Counting up from the last key never wraps in practice; the checks
+// keep even a wrap from handing out a key in use. Call with e.mu held.
+func (e *epollReaders) newKey() regKey {
+	for {
+		e.lastKey++
+		if _, live := e.regs[e.lastKey]; !live && e.lastKey != wakeKey {
+			return e.lastKey
+		}
+	}
+}
 
 func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -56,7 +84,7 @@ func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeID}
+	ev := wakeKey.event(unix.EPOLLIN)
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		unix.Close(epfd)
 		unix.Close(wakefd)
@@ -64,8 +92,8 @@ func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
 	}
 	e := &epollReaders{
 		u: u, epfd: epfd, wakefd: wakefd, buf: make([]byte, maxDatagram),
-		regs: make(map[int32]*watchReg), byConn: make(map[*net.UDPConn]int32),
-		nextID: wakeID, done: make(chan struct{}),
+		regs: make(map[regKey]*watchReg), byConn: make(map[*net.UDPConn]regKey),
+		lastKey: wakeKey, done: make(chan struct{}),
 	}
 	go e.loop()
 	return e, nil
@@ -99,17 +127,13 @@ func (e *epollReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
 		return true // never wait in Go's poller: epoll tells us when
 	}
 	e.mu.Lock()
-	e.nextID++
-	if e.nextID <= wakeID {
-		e.nextID = wakeID + 1
-	}
-	id := e.nextID
-	e.regs[id] = reg
-	e.byConn[c] = id
+	key := e.newKey()
+	e.regs[key] = reg
+	e.byConn[c] = key
 	e.mu.Unlock()
 	var cerr error
 	err = rc.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: id}
+		ev := key.event(unix.EPOLLIN)
 		cerr = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 	})
 	if err = errors.Join(err, cerr); err != nil {
@@ -123,12 +147,12 @@ func (e *epollReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
 func (e *epollReaders) forget(c *net.UDPConn) *watchReg {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	id, ok := e.byConn[c]
+	key, ok := e.byConn[c]
 	if !ok {
 		return nil
 	}
-	reg := e.regs[id]
-	delete(e.regs, id)
+	reg := e.regs[key]
+	delete(e.regs, key)
 	delete(e.byConn, c)
 	return reg
 }
@@ -192,13 +216,13 @@ func (e *epollReaders) loop() {
 				return false
 			}
 			for i := range n {
-				id := events[i].Fd
-				if id == wakeID {
+				key := eventKey(&events[i])
+				if key == wakeKey {
 					stop = true
 					return true
 				}
 				e.mu.Lock()
-				reg := e.regs[id]
+				reg := e.regs[key]
 				e.mu.Unlock()
 				if reg == nil {
 					continue // unwatched while the event was in flight

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,6 +15,66 @@ import (
 
 	"github.com/natkeep/natkeep/relay"
 )
+
+// Admin server limits, so that a client that stalls, trickles or never
+// closes cannot hold a connection and its goroutine for long. WriteTimeout
+// runs from the end of the request headers to the end of the response: a
+// /metrics scrape (some tens of KiB gathered in milliseconds) fits with
+// plenty to spare. IdleTimeout still lets a scraper on a 15-30 s interval
+// keep its connection.
+const (
+	adminReadHeaderTimeout = 5 * time.Second
+	adminReadTimeout       = 10 * time.Second
+	adminWriteTimeout      = 10 * time.Second
+	adminIdleTimeout       = 60 * time.Second
+	adminMaxHeaderBytes    = 8 << 10
+)
+
+// newAdminServer is the admin HTTP server for h, with the limits above.
+func newAdminServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: adminReadHeaderTimeout,
+		ReadTimeout:       adminReadTimeout,
+		WriteTimeout:      adminWriteTimeout,
+		IdleTimeout:       adminIdleTimeout,
+		MaxHeaderBytes:    adminMaxHeaderBytes,
+	}
+}
+
+// startAdmin binds addr and serves h on it in the background; nil, nil when
+// addr is empty (admin server off). An address that cannot be bound is a
+// configuration error naming the variable.
+func startAdmin(addr string, h http.Handler, log *slog.Logger) (*http.Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, errorf("%s=%q: listen %s: %v", envKey("AdminAddr"), addr, addr, bindCause(err))
+	}
+	srv := newAdminServer(h)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin server failed", "err", err)
+		}
+	}()
+	return srv, nil
+}
+
+// bindCause is a bind failure without the operation, address and syscall
+// name that net wraps it in, which the message says already.
+func bindCause(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		err = op.Err
+	}
+	var sc *os.SyscallError
+	if errors.As(err, &sc) {
+		err = sc.Err
+	}
+	return err
+}
 
 // adminHandler serves /metrics, /healthz (alive) and /readyz (every
 // listener bound and not draining).

@@ -72,6 +72,21 @@ func errorf(format string, args ...any) error {
 	return &configError{msg: fmt.Sprintf(format, args...)}
 }
 
+// routeOrigin names the setting that route i of cfg comes from, for
+// start-up errors: its NATKEEP_ROUTES entry (loadConfig puts those first,
+// in order), or for a transparent listener the variable with its port.
+func routeOrigin(cfg *config, i int) string {
+	rt := cfg.Relay.Routes[i]
+	if !rt.Transparent {
+		return fmt.Sprintf("%s entry %d %q", envKey("Routes"), i+1, rt.Name)
+	}
+	field := "UDPPort"
+	if rt.Proto == relay.TCP {
+		field = "TCPPort"
+	}
+	return fmt.Sprintf("%s=%s", interceptKey(field), strings.TrimPrefix(rt.Listen, ":"))
+}
+
 // envKey returns the variable name of an envConfig field.
 func envKey(field string) string { return envKeyOf(reflect.TypeFor[envConfig](), field) }
 

@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -77,7 +75,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg, env, stderr)
-	return serve(cfg, log)
+	return serve(cfg, log, stderr)
 }
 
 // versionString reports version, commit and Go version; without stamping it
@@ -130,44 +128,33 @@ func newLogger(cfg *config, env map[string]string, w io.Writer) *slog.Logger {
 }
 
 // serve runs the relay and the admin server until a signal, then drains.
-func serve(cfg *config, log *slog.Logger) int {
+func serve(cfg *config, log *slog.Logger, stderr io.Writer) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := relay.NewMetrics(reg)
 
 	if err := checkBypass(cfg.Intercept); err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
+		return startFailed(stderr, log, err)
 	}
 	r, err := relay.New(cfg.Relay, log, metrics)
 	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
+		return startFailed(stderr, log, err)
 	}
 	// Signals are caught before binding so a SIGTERM during start-up drains too.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	ignoreHangup(log)
 
-	var admin *http.Server
-	if cfg.AdminAddr != "" {
-		ln, err := net.Listen("tcp", cfg.AdminAddr)
-		if err != nil {
-			log.Error("cannot bind admin address", "addr", cfg.AdminAddr, "err", err)
-			return 1
-		}
-		admin = &http.Server{Handler: adminHandler(reg, r), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("admin server failed", "err", err)
-			}
-		}()
+	admin, err := startAdmin(cfg.AdminAddr, adminHandler(reg, r), log)
+	if err != nil {
+		r.Close()
+		return startFailed(stderr, log, err)
 	}
 	if err := r.Start(); err != nil {
-		log.Error("cannot start", "err", err)
 		if admin != nil {
 			admin.Close()
 		}
-		return 1
+		return startFailed(stderr, log, listenFailure(cfg, err))
 	}
 	logStart(log, cfg, r)
 	warnLimits(log, cfg.Relay.Routes)
@@ -196,6 +183,44 @@ func serve(cfg *config, log *slog.Logger) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// ignoreHangup logs and otherwise ignores SIGHUP, which by default would end
+// natkeep at once: a terminal, a supervisor or an operator used to daemons
+// may send it to ask for a reload, but the configuration is the
+// environment, fixed at start, so there is nothing to reload.
+func ignoreHangup(log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP ignored: configuration is environment-only, nothing to reload")
+		}
+	}()
+}
+
+// startFailed reports why natkeep could not start and returns the exit
+// status: a configuration error (an address that cannot be bound is one)
+// is one line on stderr and status 2, as for a bad variable; anything else
+// is logged and status 1.
+func startFailed(stderr io.Writer, log *slog.Logger, err error) int {
+	var ce *configError
+	if errors.As(err, &ce) {
+		fmt.Fprintf(stderr, "natkeep: %v\n", err)
+		return 2
+	}
+	log.Error("cannot start", "err", err)
+	return 1
+}
+
+// listenFailure turns a route listener's bind failure into a configuration
+// error naming where the route was configured; other errors pass as they are.
+func listenFailure(cfg *config, err error) error {
+	var le *relay.ListenError
+	if !errors.As(err, &le) {
+		return err
+	}
+	return errorf("%s: listen %s: %v", routeOrigin(cfg, le.Index), le.Route.Listen, le.Err)
 }
 
 // logStart writes the one start-up line with the effective configuration.

@@ -437,3 +437,26 @@ func TestUDPPerFlowLogsThrottled(t *testing.T) {
 	}
 	t.Logf("%v mapping changes, %d log lines", events, len(lines))
 }
+
+// TestUDPDeadPeerFollowsNewAddress: on_dead=keep, the peer dies, and the
+// upstream name now points elsewhere (the resolver's answer is swapped in
+// directly): the flow's socket is reconnected to the new address and
+// heartbeats reach it from the same local port, with no rebind.
+func TestUDPDeadPeerFollowsNewAddress(t *testing.T) {
+	old, moved := newLivePeer(t, true, false), newLivePeer(t, true, false)
+	r, rt, _ := liveStart(t, liveSTUNOpts(100*time.Millisecond, 2, false), old.addr())
+	r.waitRouteMetric(t, rt.Name, "natkeep_udp_heartbeat_replies_total", 1)
+	src := old.lastSource(t)
+	old.answering.Store(false)
+	r.waitRouteMetric(t, rt.Name, "natkeep_udp_dead_peers_total", 1)
+	next := netip.MustParseAddrPort(moved.addr())
+	r.udp[0].up.cur.Store(&next) // what a re-resolution that found a new address does
+	r.waitRouteMetric(t, rt.Name, "natkeep_udp_upstream_reconnects_total", 1)
+	r.waitRouteMetric(t, rt.Name, "natkeep_udp_revived_peers_total", 1, "via", "reply")
+	if srcs := moved.requestSources(); len(srcs) != 1 || srcs[src] == 0 {
+		t.Fatalf("the new address got heartbeats from %v, want only %v (same local port)", srcs, src)
+	}
+	if v := r.routeMetric(t, rt.Name, "natkeep_udp_rebinds_total"); v != 0 {
+		t.Fatalf("rebinds = %v", v)
+	}
+}

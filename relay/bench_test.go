@@ -44,11 +44,12 @@ func benchLookup(u *udpRoute, client netip.AddrPort) *flow { return u.lookup(ben
 // benchNewFlow builds a flow as newFlow does, on an existing upstream
 // socket c, and enters it in the flow table; no reader watches c.
 func benchNewFlow(u *udpRoute, client netip.AddrPort, c *net.UDPConn, now int64) *flow {
-	f := &flow{key: benchKey(client), opt: u.fopt, out: u.ln, created: now, idx: -1}
+	f := &flow{key: benchKey(client), class: u.def, opt: u.def.opts, out: u.ln, created: now, idx: -1}
 	f.conn.Store(c)
 	f.lastOut.Store(now)
 	u.mu.Lock()
 	u.flows[f.key] = f
+	u.def.flows++
 	u.mu.Unlock()
 	return f
 }

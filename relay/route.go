@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/natkeep/natkeep/keepalive"
@@ -53,22 +54,25 @@ type InterceptRule struct {
 	TCP            TCPOptions
 }
 
+// String describes the rule for logs, e.g. "udp 10.0.0.0/8 port 5060-5070".
+func (r InterceptRule) String() string {
+	dst := "any"
+	if r.Prefix.IsValid() {
+		dst = r.Prefix.String()
+	}
+	ports := strconv.Itoa(int(r.PortLo))
+	if r.PortHi != r.PortLo {
+		ports += "-" + strconv.Itoa(int(r.PortHi))
+	}
+	return string(r.Proto) + " " + dst + " port " + ports
+}
+
 // Matches reports whether the rule covers traffic to dst.
 func (r InterceptRule) Matches(dst netip.AddrPort) bool {
 	if dst.Port() < r.PortLo || dst.Port() > r.PortHi {
 		return false
 	}
 	return !r.Prefix.IsValid() || r.Prefix.Contains(dst.Addr().Unmap())
-}
-
-// rule returns the first intercept rule of proto matching dst, or nil.
-func (rt *Route) rule(dst netip.AddrPort) *InterceptRule {
-	for i := range rt.Intercept {
-		if rt.Intercept[i].Proto == rt.Proto && rt.Intercept[i].Matches(dst) {
-			return &rt.Intercept[i]
-		}
-	}
-	return nil
 }
 
 // UDPOptions tune a UDP route.

@@ -16,8 +16,9 @@ import (
 
 // tcpRoute proxies one TCP listener to its upstream.
 type tcpRoute struct {
-	route           Route
-	opt             TCPOptions
+	route           Route        // as configured: name, listen address, upstream, transparency
+	def             *connClass   // the route's own options and connections
+	rules           []*connClass // transparent routes: one per TCP intercept rule, in order
 	log             *slog.Logger
 	st              *tcpStats
 	up              *upstream
@@ -40,10 +41,26 @@ type tcpRoute struct {
 // its options are set; nil outside tests.
 var testHookProxying func(client, upstream *net.TCPConn)
 
+// connClass is one set of connection options of a route and the
+// connections that run with them: the route's own, or on a transparent
+// route one intercept rule's, whose connections count against that rule's
+// max_conns.
+type connClass struct {
+	rule  *InterceptRule // nil: the route's own options
+	opts  TCPOptions
+	conns int // open connections of the class; guarded by tcpRoute.mu
+}
+
+// full reports whether the class is at its connection limit; t.mu is held.
+func (c *connClass) full() bool { return c.opts.MaxConns > 0 && c.conns >= c.opts.MaxConns }
+
 // proxyConn is one proxied connection: the accepted socket and the dialed one.
 type proxyConn struct {
 	client, upstream *net.TCPConn
 	start            time.Time
+	class            *connClass
+	dst              netip.AddrPort // transparent routes: the original destination
+	dstErr           error          // transparent routes: why there is none
 }
 
 func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*tcpRoute, error) {
@@ -57,8 +74,13 @@ func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	t := &tcpRoute{
-		route: r, opt: r.TCP, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
+		route: r, def: &connClass{opts: r.TCP}, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
 		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
+	}
+	for i := range r.Intercept {
+		if r.Intercept[i].Proto == TCP {
+			t.rules = append(t.rules, &connClass{rule: &r.Intercept[i], opts: r.Intercept[i].TCP})
+		}
 	}
 	t.dialControl = bypassControl(r.BypassMark, &t.warnLog, log)
 	t.up.resolver = markedResolver(t.dialControl)
@@ -106,11 +128,18 @@ func (t *tcpRoute) acceptLoop() {
 			continue
 		}
 		backoff = 0
-		pc := &proxyConn{client: c, start: time.Now()}
+		pc := &proxyConn{client: c, start: time.Now(), class: t.def}
+		if t.route.Transparent {
+			// The original destination picks the rule, hence the limit.
+			if pc.dst, pc.dstErr = sockopt.OriginalDst(c); pc.dstErr == nil {
+				pc.class = t.classFor(pc.dst)
+			}
+		}
 		t.mu.Lock()
-		full := t.opt.MaxConns > 0 && len(t.conns) >= t.opt.MaxConns
+		full := pc.class.full()
 		if !full {
 			t.conns[pc] = struct{}{}
+			pc.class.conns++
 			t.wg.Add(1)
 		}
 		t.mu.Unlock()
@@ -118,7 +147,7 @@ func (t *tcpRoute) acceptLoop() {
 		if full {
 			resetClose(c)
 			t.st.ends[endLimit].Inc()
-			t.warn("TCP connection refused: route at its connection limit", "client", c.RemoteAddr(), "max_conns", t.opt.MaxConns)
+			t.warn("TCP connection refused: at its connection limit", "client", c.RemoteAddr(), "max_conns", pc.class.opts.MaxConns, "intercept_rule", pc.class.ruleName())
 			continue
 		}
 		t.st.active.Inc()
@@ -147,21 +176,17 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	defer t.wg.Done()
 	defer t.forget(pc)
 	client := pc.client
-	opt := &t.opt
+	opt := &pc.class.opts
 	var addr netip.AddrPort
 	if t.route.Transparent {
-		dst, err := sockopt.OriginalDst(client)
-		if err != nil {
+		if pc.dstErr != nil {
 			// Not an intercepted connection (someone dialed the
 			// listener directly): there is nowhere to relay it.
 			resetClose(client)
-			t.end(pc, endDialError, 0, 0, fmt.Errorf("no original destination: %w", err))
+			t.end(pc, endDialError, 0, 0, fmt.Errorf("no original destination: %w", pc.dstErr))
 			return
 		}
-		addr = dst
-		if r := t.route.rule(dst); r != nil {
-			opt = &r.TCP
-		}
+		addr = pc.dst
 	} else {
 		var ok bool
 		if addr, ok = t.up.Addr(); !ok {
@@ -337,6 +362,7 @@ func (t *tcpRoute) end(pc *proxyConn, reason string, toUp, toDown int64, err err
 func (t *tcpRoute) forget(pc *proxyConn) {
 	t.mu.Lock()
 	delete(t.conns, pc)
+	pc.class.conns--
 	if len(t.conns) == 0 && t.idle != nil {
 		close(t.idle)
 		t.idle = nil
@@ -403,6 +429,25 @@ func (t *tcpRoute) connCount() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.conns)
+}
+
+// classFor returns the class of the first intercept rule matching dst, or
+// the route's own.
+func (t *tcpRoute) classFor(dst netip.AddrPort) *connClass {
+	for _, c := range t.rules {
+		if c.rule.Matches(dst) {
+			return c
+		}
+	}
+	return t.def
+}
+
+// ruleName describes the class's intercept rule for logs ("" for the route's own).
+func (c *connClass) ruleName() string {
+	if c.rule == nil {
+		return ""
+	}
+	return c.rule.String()
 }
 
 func (t *tcpRoute) warn(msg string, args ...any) {

@@ -2,33 +2,12 @@ package relay
 
 import (
 	"errors"
-	"log/slog"
 	"net"
 	"net/netip"
 	"syscall"
 
 	"github.com/natkeep/natkeep/sockopt"
 )
-
-// bypassControl returns a socket Control function that sets SO_MARK mark on
-// natkeep's own upstream sockets, so the interception rules never catch
-// natkeep's traffic (nil when mark is 0). Setting a mark needs CAP_NET_ADMIN;
-// without it the socket is used unmarked and the rules' UID match keeps it
-// out of interception instead, so a failure is logged, not fatal.
-func bypassControl(mark uint32, limit *logLimiter, log *slog.Logger) func(network, address string, c syscall.RawConn) error {
-	if mark == 0 {
-		return nil
-	}
-	set := sockopt.MarkControl(mark)
-	return func(network, address string, c syscall.RawConn) error {
-		if err := set(network, address, c); err != nil {
-			if ok, _ := limit.allow(); ok {
-				log.Warn("cannot mark upstream socket; relying on the UID match to bypass interception", "mark", mark, "err", err)
-			}
-		}
-		return nil
-	}
-}
 
 // serveIntercepted reads datagrams that TPROXY diverted to the transparent
 // listener. Each carries the destination the app addressed; a flow is one
@@ -68,14 +47,15 @@ func (u *udpRoute) serveIntercepted() {
 
 var errNoOrigDst = errors.New("no IP_ORIGDSTADDR control message")
 
-// optsFor returns the options of the first intercept rule matching dst.
-func (u *udpRoute) optsFor(dst netip.AddrPort) *flowOpts {
-	for i, ir := range u.route.Intercept {
-		if ir.Proto == UDP && ir.Matches(dst) && u.ruleOpts[i] != nil {
-			return u.ruleOpts[i]
+// classFor returns the class of the first intercept rule matching dst, or
+// the route's own.
+func (u *udpRoute) classFor(dst netip.AddrPort) *flowClass {
+	for _, c := range u.rules {
+		if c.rule.Matches(dst) {
+			return c
 		}
 	}
-	return u.fopt
+	return u.def
 }
 
 // newInterceptedFlow opens the flow's client-side socket and the flow.
@@ -86,12 +66,12 @@ func (u *udpRoute) newInterceptedFlow(key flowKey) *flow {
 		u.logError("cannot open a socket bound to the original destination", err, "client", key.client, "dst", key.dst)
 		return nil
 	}
-	f := u.newFlow(key, u.optsFor(key.dst), out)
+	f := u.newFlow(key, u.classFor(key.dst), out)
 	if f == nil {
 		out.Close()
 		return nil
 	}
-	if err := u.readers.watch(f, out, true); err != nil {
+	if err := u.readers.watch(f, out, u.fromApp); err != nil {
 		u.logError("cannot watch the flow's client-side socket", err, "client", key.client)
 	}
 	return f
@@ -120,6 +100,6 @@ func (u *udpRoute) dialClientSide(key flowKey) (*net.UDPConn, error) {
 	return c.(*net.UDPConn), nil
 }
 
-// fromClientConn relays a datagram the app sent on an existing transparent
-// flow (it arrived on the flow's client-side socket).
-func (u *udpRoute) fromClientConn(f *flow, b []byte) { u.sendUpstream(f, b) }
+// fromApp relays a datagram the app sent on an existing transparent flow
+// (it arrived on the flow's client-side socket).
+func (u *udpRoute) fromApp(f *flow, b []byte) { u.sendUpstream(f, b) }

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,19 +32,6 @@ type upstream struct {
 // flows each go to the destination the app addressed.
 func originalDst(log *slog.Logger, failures prometheus.Counter) *upstream {
 	return &upstream{hostport: "original destination", fixed: true, log: log, failures: failures}
-}
-
-// markedResolver returns a resolver whose DNS queries go out on sockets
-// set up by control (the bypass mark), so that in transparent mode natkeep's
-// own lookups are never intercepted; nil control = the default resolver.
-func markedResolver(control func(network, address string, c syscall.RawConn) error) *net.Resolver {
-	if control == nil {
-		return net.DefaultResolver
-	}
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-		d := net.Dialer{Control: control}
-		return d.DialContext(ctx, network, address)
-	}}
 }
 
 func newUpstream(hostport string, log *slog.Logger, failures prometheus.Counter) (*upstream, error) {

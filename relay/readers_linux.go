@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -20,7 +21,8 @@ const maxBurst = 16
 // Close keep Go's safety); reads go through syscall.RawConn.Read with a
 // callback that never waits, so Close can never race a read of a reused fd.
 type epollReaders struct {
-	u      *udpRoute
+	log    *slog.Logger
+	onErr  readErrorHandler
 	epfd   int
 	wakefd int // eventfd that ends the loop
 	buf    []byte
@@ -74,7 +76,8 @@ func (e *epollReaders) newKey() regKey {
 	}
 }
 
-func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
+// newFlowReaders starts the epoll loop; onErr takes receive errors.
+func newFlowReaders(log *slog.Logger, onErr readErrorHandler) (flowReaders, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -91,7 +94,7 @@ func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
 	e := &epollReaders{
-		u: u, epfd: epfd, wakefd: wakefd, buf: make([]byte, maxDatagram),
+		log: log, onErr: onErr, epfd: epfd, wakefd: wakefd, buf: make([]byte, maxDatagram),
 		regs: make(map[regKey]*watchReg), byConn: make(map[*net.UDPConn]regKey),
 		lastKey: wakeKey, done: make(chan struct{}),
 	}
@@ -99,16 +102,12 @@ func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
 	return e, nil
 }
 
-func (e *epollReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
+func (e *epollReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	reg := &watchReg{f: f, c: c, rc: rc}
-	handle := e.u.fromUpstream
-	if fromClient {
-		handle = e.u.fromClientConn
-	}
 	reg.fn = func(fd uintptr) bool {
 		for range maxBurst {
 			n, err := unix.Read(int(fd), e.buf)
@@ -119,10 +118,10 @@ func (e *epollReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
 				break
 			}
 			if err != nil {
-				e.u.upstreamError(reg.f, reg.c, err)
+				e.onErr(reg.f, reg.c, err)
 				continue // the error is cleared; queued datagrams may follow
 			}
-			handle(reg.f, e.buf[:n])
+			onData(reg.f, e.buf[:n])
 		}
 		return true // never wait in Go's poller: epoll tells us when
 	}
@@ -186,7 +185,7 @@ func (e *epollReaders) loop() {
 	defer close(e.done)
 	defer unix.Close(e.wakefd)
 	if err := unix.SetNonblock(e.epfd, true); err != nil {
-		e.u.log.Error("epoll fd: cannot make it non-blocking; upstream replies stop", "err", err)
+		e.log.Error("epoll fd: cannot make it non-blocking; upstream replies stop", "err", err)
 		unix.Close(e.epfd)
 		return
 	}
@@ -194,7 +193,7 @@ func (e *epollReaders) loop() {
 	defer ef.Close()
 	rc, err := ef.SyscallConn()
 	if err != nil {
-		e.u.log.Error("epoll fd: no raw access; upstream replies stop", "err", err)
+		e.log.Error("epoll fd: no raw access; upstream replies stop", "err", err)
 		return
 	}
 	events := make([]unix.EpollEvent, 128)
@@ -208,7 +207,7 @@ func (e *epollReaders) loop() {
 				continue
 			}
 			if err != nil {
-				e.u.log.Error("epoll_wait failed; upstream replies stop", "err", err)
+				e.log.Error("epoll_wait failed; upstream replies stop", "err", err)
 				stop = true
 				return true
 			}
@@ -228,14 +227,14 @@ func (e *epollReaders) loop() {
 					continue // unwatched while the event was in flight
 				}
 				if err := reg.rc.Read(reg.fn); err != nil && !errors.Is(err, net.ErrClosed) {
-					e.u.upstreamError(reg.f, reg.c, err)
+					e.onErr(reg.f, reg.c, err)
 				}
 			}
 		}
 	}
 	for !stop {
 		if err := rc.Read(wait); err != nil {
-			e.u.log.Error("epoll fd read failed; upstream replies stop", "err", err)
+			e.log.Error("epoll fd read failed; upstream replies stop", "err", err)
 			return
 		}
 	}

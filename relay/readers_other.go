@@ -4,26 +4,23 @@ package relay
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"sync"
 )
 
-// newUpstreamReaders uses a goroutine per socket where epoll is not available.
-func newUpstreamReaders(u *udpRoute) (upstreamReaders, error) {
-	return &goReaders{u: u}, nil
+// newFlowReaders uses a goroutine per socket where epoll is not available.
+func newFlowReaders(_ *slog.Logger, onErr readErrorHandler) (flowReaders, error) {
+	return &goReaders{onErr: onErr}, nil
 }
 
 // goReaders is the portable implementation: a goroutine per socket.
 type goReaders struct {
-	u  *udpRoute
-	wg sync.WaitGroup
+	onErr readErrorHandler
+	wg    sync.WaitGroup
 }
 
-func (g *goReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
-	handle := g.u.fromUpstream
-	if fromClient {
-		handle = g.u.fromClientConn
-	}
+func (g *goReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) error {
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
@@ -34,10 +31,10 @@ func (g *goReaders) watch(f *flow, c *net.UDPConn, fromClient bool) error {
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
-				g.u.upstreamError(f, c, err)
+				g.onErr(f, c, err)
 				continue
 			}
-			handle(f, buf[:n])
+			onData(f, buf[:n])
 		}
 	}()
 	return nil

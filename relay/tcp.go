@@ -183,7 +183,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 			// Not an intercepted connection (someone dialed the
 			// listener directly): there is nowhere to relay it.
 			resetClose(client)
-			t.end(pc, endDialError, 0, 0, fmt.Errorf("no original destination: %w", pc.dstErr))
+			t.end(pc, copyOutcome{reason: endDialError, err: fmt.Errorf("no original destination: %w", pc.dstErr)})
 			return
 		}
 		addr = pc.dst
@@ -191,7 +191,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 		var ok bool
 		if addr, ok = t.up.Addr(); !ok {
 			resetClose(client)
-			t.end(pc, endDialError, 0, 0, errUnresolved)
+			t.end(pc, copyOutcome{reason: endDialError, err: errUnresolved})
 			return
 		}
 	}
@@ -204,7 +204,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	if err != nil {
 		// Reset, not FIN: the app must see a failure, not an empty reply.
 		resetClose(client)
-		t.end(pc, endDialError, 0, 0, err)
+		t.end(pc, copyOutcome{reason: endDialError, err: err})
 		return
 	}
 	t.st.dial.Observe(time.Since(dialStart).Seconds())
@@ -218,8 +218,11 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	if testHookProxying != nil {
 		testHookProxying(client, up)
 	}
-	reason, upN, downN, err := proxyCopy(client, up)
-	t.end(pc, reason, upN, downN, err)
+	bound := opt.UserTimeout
+	if bound <= 0 {
+		bound = defaultDrainBound
+	}
+	t.end(pc, proxyCopy(client, up, bound))
 }
 
 // copyResult is one direction's outcome.
@@ -229,46 +232,90 @@ type copyResult struct {
 	err        error
 }
 
+// copyOutcome is how a proxied connection ended.
+type copyOutcome struct {
+	reason       string
+	toUp, toDown int64  // bytes copied each way
+	discarded    int64  // bytes of the surviving side's send queue lost at its reset (a drain that timed out)
+	drainedTo    string // "client" or "upstream": the side whose send queue was drained before its reset; "" if none
+	err          error
+}
+
+// defaultDrainBound bounds the wait for a surviving side's send queue when
+// the route has no user timeout.
+const defaultDrainBound = 5 * time.Second
+
 // proxyCopy copies both ways on the bare *net.TCPConns, so the kernel
-// splices (spliceCopy). A clean EOF is passed on as a half-close (CloseWrite);
-// a failure of either side resets the other at once, so the application
-// sees the failure instead of an ordinary close. It returns why the
-// connection ended and the bytes moved each way.
-func proxyCopy(client, up *net.TCPConn) (reason string, toUp, toDown int64, err error) {
+// splices (spliceCopy). A clean EOF is passed on as a half-close
+// (CloseWrite). When one side fails (reset, keepalive or user timeout), the
+// other side first gets everything natkeep already accepted for it: what is
+// still queued on the failed socket is copied over, and the surviving
+// socket's send queue drains (all within drainBound); then both are reset,
+// so the application still sees the failure instead of an ordinary close,
+// but never loses bytes the failed peer had delivered.
+func proxyCopy(client, up *net.TCPConn, drainBound time.Duration) (o copyOutcome) {
 	var (
-		mu     sync.Mutex
-		failed bool
+		mu       sync.Mutex
+		failed   bool
+		dead     *net.TCPConn // the failed side, once known
+		alive    *net.TCPConn // the other side
+		deadline time.Time    // end of the drain
+		bounded  *time.Timer  // resets both if the other copy outlives the drain
 	)
 	// finish records one direction's end: a clean EOF is passed on as a
-	// half-close; the first failure resets both sockets, which also ends
-	// the other direction's copy.
+	// half-close; the first failure decides which side is dead.
 	finish := func(r copyResult) {
 		mu.Lock()
-		defer mu.Unlock()
 		switch {
 		case failed:
-			// This copy ended because the sockets were reset.
+			// The other direction ended after the failure.
+			mu.Unlock()
+			return
 		case r.err == nil:
 			if r.toUpstream {
-				if reason == "" {
-					reason = endClientClosed
+				if o.reason == "" {
+					o.reason = endClientClosed
 				}
 				_ = up.CloseWrite()
 			} else {
-				if reason == "" {
-					reason = endUpstreamClosed
+				if o.reason == "" {
+					o.reason = endUpstreamClosed
 				}
 				_ = client.CloseWrite()
 			}
-		default:
-			failed = true
-			err = r.err
-			reason = classify(client, up, r)
-			// Reset both: the side that failed is already dead, and the
-			// other must learn of it now, not from a later timeout.
-			resetClose(client)
-			resetClose(up)
+			mu.Unlock()
+			return
 		}
+		failed = true
+		o.err = r.err
+		var upFailed bool
+		o.reason, upFailed = classify(client, up, r)
+		dead, alive, o.drainedTo = client, up, "upstream"
+		if upFailed {
+			dead, alive, o.drainedTo = up, client, "client"
+		}
+		deadline = time.Now().Add(drainBound)
+		// This copy read the dead socket to its end when it failed on its
+		// source: the other copy reads the survivor, to write to the dead
+		// socket, and only resetting the survivor ends it, so drain and
+		// reset now. When this copy failed writing to the dead socket, the
+		// other copy still carries what is queued on it to the survivor,
+		// and ends by itself once that is delivered: the drain waits for it.
+		now := r.toUpstream != upFailed || o.reason == endDrain
+		if !now {
+			// Bound the wait for the other copy.
+			bounded = time.AfterFunc(drainBound, func() { resetClose(alive); resetClose(dead) })
+			mu.Unlock()
+			return
+		}
+		mu.Unlock()
+		if o.reason == endDrain {
+			o.drainedTo = "" // natkeep itself closed the sockets (shutdown)
+		} else {
+			o.discarded = drainSendQueue(alive, drainBound)
+		}
+		resetClose(dead)
+		resetClose(alive)
 	}
 	// One direction in a new goroutine, the other in this one.
 	upDone := make(chan int64, 1)
@@ -279,24 +326,52 @@ func proxyCopy(client, up *net.TCPConn) (reason string, toUp, toDown int64, err 
 	}()
 	n, cerr := spliceCopy(client, up)
 	finish(copyResult{toUpstream: false, n: n, err: cerr})
-	toDown = n
-	toUp = <-upDone
-	if !failed {
+	o.toDown = n
+	o.toUp = <-upDone
+	switch {
+	case !failed:
 		client.Close()
 		up.Close()
+	case bounded != nil:
+		if bounded.Stop() {
+			o.discarded = drainSendQueue(alive, time.Until(deadline))
+		} else {
+			o.discarded = -1 // the bound passed while copying: both were reset, the loss is unknown
+		}
+		resetClose(dead)
+		resetClose(alive)
 	}
-	return reason, toUp, toDown, err
+	return o
+}
+
+// drainSendQueue waits until c's peer has acknowledged everything in c's
+// send queue, or bound passes, and returns how many bytes were still
+// queued (0 when it drained). It polls SIOCOUTQ, starting at 1 ms and
+// backing off to 50 ms: it runs only on a failing connection.
+func drainSendQueue(c *net.TCPConn, bound time.Duration) int64 {
+	deadline := time.Now().Add(bound)
+	wait := time.Millisecond
+	for {
+		n, err := sockopt.SendQueue(c)
+		if err != nil || n == 0 {
+			return 0 // closed under us (drain, shutdown), or drained
+		}
+		if !time.Now().Before(deadline) {
+			return int64(n)
+		}
+		time.Sleep(min(wait, time.Until(deadline)))
+		wait = min(2*wait, 50*time.Millisecond)
+	}
 }
 
 // classify explains a failed copy from the sockets themselves: io.Copy's
 // error text does not say which side failed (a spliced copy reports the
 // read error of one socket as the write of the other), but the failed
 // socket is the one the kernel has moved to TCP_CLOSE.
-func classify(client, up *net.TCPConn, r copyResult) string {
+func classify(client, up *net.TCPConn, r copyResult) (reason string, upFailed bool) {
 	const tcpClose = 7 // TCP_CLOSE in include/net/tcp_states.h
 	ci, cerr := sockopt.GetTCPInfo(client)
 	ui, uerr := sockopt.GetTCPInfo(up)
-	var upFailed bool
 	switch {
 	case uerr == nil && ui.State == tcpClose && (cerr != nil || ci.State != tcpClose):
 		upFailed = true
@@ -315,18 +390,18 @@ func classify(client, up *net.TCPConn, r copyResult) string {
 		// Unacknowledged data being retransmitted means the user timeout
 		// (or retransmission limit) fired; otherwise keepalive probes did.
 		if info.Retransmits > 0 || info.Backoff > 0 || info.Unacked > 0 {
-			return endUserTimeout
+			return endUserTimeout, upFailed
 		}
-		return endKeepaliveTimeout
+		return endKeepaliveTimeout, upFailed
 	case errors.Is(r.err, syscall.ECONNRESET), errors.Is(r.err, syscall.EPIPE):
 		if upFailed {
-			return endUpstreamReset
+			return endUpstreamReset, upFailed
 		}
-		return endClientReset
+		return endClientReset, upFailed
 	case errors.Is(r.err, net.ErrClosed):
-		return endDrain
+		return endDrain, upFailed
 	}
-	return endError
+	return endError, upFailed
 }
 
 // resetClose closes c with SO_LINGER 0, so the peer gets a RST.
@@ -336,24 +411,32 @@ func resetClose(c *net.TCPConn) {
 }
 
 // end records why a connection ended.
-func (t *tcpRoute) end(pc *proxyConn, reason string, toUp, toDown int64, err error) {
-	t.st.ends[reason].Inc()
-	t.st.bytesUp.Add(float64(toUp))
-	t.st.bytesDn.Add(float64(toDown))
-	if (reason == endClientClosed || reason == endUpstreamClosed) && !t.log.Enabled(t.ctx, slog.LevelDebug) {
+func (t *tcpRoute) end(pc *proxyConn, o copyOutcome) {
+	t.st.ends[o.reason].Inc()
+	t.st.bytesUp.Add(float64(o.toUp))
+	t.st.bytesDn.Add(float64(o.toDown))
+	if (o.reason == endClientClosed || o.reason == endUpstreamClosed) && !t.log.Enabled(t.ctx, slog.LevelDebug) {
 		return // the common case: nothing to log, so build no attributes
 	}
-	attrs := []any{"client", pc.client.RemoteAddr(), "reason", reason,
-		"duration", time.Since(pc.start).Round(time.Millisecond), "bytes_up", toUp, "bytes_down", toDown}
-	switch reason {
+	attrs := []any{"client", pc.client.RemoteAddr(), "reason", o.reason,
+		"duration", time.Since(pc.start).Round(time.Millisecond), "bytes_up", o.toUp, "bytes_down", o.toDown}
+	if o.drainedTo != "" {
+		// What the surviving side got of what natkeep had accepted for it.
+		delivered := o.toDown
+		if o.drainedTo == "upstream" {
+			delivered = o.toUp
+		}
+		attrs = append(attrs, "drained", o.drainedTo, "bytes_delivered", delivered-o.discarded, "bytes_discarded", o.discarded)
+	}
+	switch o.reason {
 	case endClientClosed, endUpstreamClosed:
 		t.log.Debug("TCP connection ended", attrs...)
 	default:
-		attrs = append(attrs, "err", err)
+		attrs = append(attrs, "err", o.err)
 		t.log.Debug("TCP connection ended", attrs...)
-		if reason == endDialError {
-			t.warn("upstream dial failed", "upstream", t.up.hostport, "err", err)
-		} else if reason != endDrain {
+		if o.reason == endDialError {
+			t.warn("upstream dial failed", "upstream", t.up.hostport, "err", o.err)
+		} else if o.reason != endDrain {
 			t.warn("TCP connection failed", attrs...)
 		}
 	}

@@ -107,6 +107,14 @@ func AppendBindingRequest(dst []byte, id TxID) []byte {
 // is dropped, as it means nothing off this host. If mapped is not valid, the
 // response carries no address attribute.
 func AppendBindingSuccess(dst []byte, id TxID, mapped netip.AddrPort) []byte {
+	return AppendBindingResponse(dst, id, mapped, true)
+}
+
+// AppendBindingResponse is AppendBindingSuccess with the FINGERPRINT
+// optional: a responder answers a request without one with a response
+// without one, 8 bytes smaller (it answers strangers; it sends no more than
+// the exchange needs).
+func AppendBindingResponse(dst []byte, id TxID, mapped netip.AddrPort, fingerprint bool) []byte {
 	start := len(dst)
 	addr := mapped.Addr().Unmap()
 	attrLen := 0
@@ -117,7 +125,10 @@ func AppendBindingSuccess(dst []byte, id TxID, mapped netip.AddrPort) []byte {
 	default:
 		attrLen = 20
 	}
-	bodyLen := stunFingerprintLen
+	bodyLen := 0
+	if fingerprint {
+		bodyLen = stunFingerprintLen
+	}
 	if attrLen > 0 {
 		bodyLen += stunAttrHeaderLen + attrLen
 	}
@@ -141,7 +152,18 @@ func AppendBindingSuccess(dst []byte, id TxID, mapped netip.AddrPort) []byte {
 			dst = append(dst, c^key[i])
 		}
 	}
+	if !fingerprint {
+		return dst
+	}
 	return stunAppendFingerprint(dst, dst[start:])
+}
+
+// HasFingerprint reports whether a message that parsed as a Binding Request
+// ends in a FINGERPRINT attribute (the parsers have checked it is valid).
+func HasFingerprint(b []byte) bool {
+	n := len(b)
+	return n >= STUNHeaderLen+stunFingerprintLen && binary.BigEndian.Uint16(b[n-stunFingerprintLen:]) == stunAttrFingerprint &&
+		binary.BigEndian.Uint16(b[n-stunFingerprintLen+2:]) == 4 && stunCheckFingerprint(b, n-stunFingerprintLen, b[n-4:]) == nil
 }
 
 // stunXORKey returns the magic cookie followed by the transaction ID, the key

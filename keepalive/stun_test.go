@@ -537,3 +537,31 @@ func BenchmarkSTUNNewTxID(b *testing.B) {
 	}
 	_ = id
 }
+
+// TestSTUNResponseWithoutFingerprint: a response to a request without
+// FINGERPRINT is 8 bytes smaller and still parses; HasFingerprint tells the
+// two request forms apart.
+func TestSTUNResponseWithoutFingerprint(t *testing.T) {
+	id := NewTxID()
+	mapped := netip.MustParseAddrPort("192.0.2.1:4242")
+	with := AppendBindingResponse(nil, id, mapped, true)
+	without := AppendBindingResponse(nil, id, mapped, false)
+	if !bytes.Equal(with, AppendBindingSuccess(nil, id, mapped)) {
+		t.Fatal("AppendBindingSuccess differs from AppendBindingResponse with FINGERPRINT")
+	}
+	if len(without) != 32 || len(with) != 40 {
+		t.Fatalf("lengths %d and %d, want 32 and 40", len(without), len(with))
+	}
+	for _, b := range [][]byte{with, without} {
+		r, err := ParseBindingResponse(b)
+		if err != nil || r.ID != id || r.Mapped != mapped {
+			t.Fatalf("%x parses as %+v, %v", b, r, err)
+		}
+	}
+	if !HasFingerprint(AppendBindingRequest(nil, id)) {
+		t.Error("a fingerprinted request reported without FINGERPRINT")
+	}
+	if HasFingerprint(stunBuild(0x0001, id, false)) || HasFingerprint(stunBuild(0x0001, id, false, stunAttr(0x8022, 0x80, 0x28, 0, 4, 1, 2, 3, 4))) {
+		t.Error("a request without FINGERPRINT reported with one")
+	}
+}

@@ -98,6 +98,7 @@ const (
 	dropUnresolved      = "upstream_unresolved" // no upstream address known yet
 	dropFlowSetup       = "flow_setup"          // could not open the flow's upstream socket
 	dropStrayReply      = "stray_stun_reply"    // STUN response to a heartbeat we no longer track
+	dropSTUNRateLimited = "stun_rate_limited"   // responder: Binding Request over its source's answer budget
 	dropNoOrigDst       = "no_orig_dst"         // transparent route: datagram without its original destination
 )
 
@@ -108,7 +109,7 @@ type udpStats struct {
 	dgUp, dgDown, bytesUp, bytesDown         prometheus.Counter
 	dropUpRefused, dropUpErr, dropClientErr  prometheus.Counter
 	dropUnresolved, dropSetup, dropStray     prometheus.Counter
-	dropLimit, dropNoOrigDst                 prometheus.Counter
+	dropLimit, dropNoOrigDst, dropSTUNRate   prometheus.Counter
 	heartbeats, replies                      prometheus.Counter
 	rtt                                      prometheus.Observer
 	dead, rebinds, mapChanges, stunOK        prometheus.Counter
@@ -123,7 +124,7 @@ func (m *Metrics) udp(route string) *udpStats {
 	l := prometheus.Labels{"route": route, "proto": "udp"}
 	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, "udp", reason) }
 	return &udpStats{
-		dropLimit: drop(dropFlowLimit), dropNoOrigDst: drop(dropNoOrigDst),
+		dropLimit: drop(dropFlowLimit), dropNoOrigDst: drop(dropNoOrigDst), dropSTUNRate: drop(dropSTUNRateLimited),
 		flowsActive: m.flowsActive.With(l), flowsCreated: m.flowsCreated.With(l),
 		flowsExpired: m.flowsExpired.With(l), flowsRefused: m.flowsRefused.With(l),
 		dgUp: m.datagrams.WithLabelValues(route, "udp", "upstream"), dgDown: m.datagrams.WithLabelValues(route, "udp", "downstream"),

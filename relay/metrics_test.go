@@ -75,7 +75,7 @@ func TestUDPDropReasonsExported(t *testing.T) {
 	}
 	// The public label values, as README lists them.
 	for _, reason := range []string{"flow_limit", "upstream_refused", "upstream_error", "client_error",
-		"upstream_unresolved", "flow_setup", "stray_stun_reply", "no_orig_dst"} {
+		"upstream_unresolved", "flow_setup", "stray_stun_reply", "no_orig_dst", "stun_rate_limited"} {
 		if !exported[reason] {
 			t.Errorf("natkeep_udp_drops_total{reason=%q} is not exported by a fresh route", reason)
 		}

@@ -83,6 +83,7 @@ type UDPOptions struct {
 	Reply           keepalive.Reply
 	TTL             int           // IP TTL / hop limit of heartbeats only; 0 = the socket's default
 	STUNStrict      bool          // responder: answer only Binding Requests that end in a valid FINGERPRINT
+	AnswerRate      int           // responder: answers per second per source address, burst twice that; 0 = 20
 	FlowIdleTimeout time.Duration // forget a flow after this long without application traffic
 	MaxFlows        int
 }

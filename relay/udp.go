@@ -55,7 +55,8 @@ type udpRoute struct {
 	errLog  logLimiter
 	events  flowEvents
 
-	answered    atomic.Bool  // some flow's upstream answered a heartbeat
+	answers     *sourceLimiter // responder: answers per source address; listener goroutine only
+	answered    atomic.Bool    // some flow's upstream answered a heartbeat
 	notAnswered atomic.Bool  // warned that the upstream never answers heartbeats
 	lastResolve atomic.Int64 // mono time of the last on-demand resolution (dead peers)
 }
@@ -115,7 +116,8 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		hbBuf:  make([]byte, 0, 256),
 		refuse: logLimiter{period: 10 * time.Second},
 		errLog: logLimiter{period: 10 * time.Second},
-		events: newFlowEvents(log),
+		events:  newFlowEvents(log),
+		answers: newAnswerLimiter(r.UDP),
 	}
 	if u.def, err = newFlowClass(nil, r.UDP); err != nil {
 		return nil, err
@@ -350,32 +352,6 @@ func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 	}
 	u.st.dgDown.Inc()
 	u.st.bytesDown.Add(float64(len(b)))
-}
-
-// answerSTUN answers a valid STUN Binding Request from a client (responder
-// role) and reports whether it did; such requests are never forwarded.
-func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
-	if !keepalive.LooksLikeSTUN(b) {
-		return false
-	}
-	parse := keepalive.ParseBindingRequest
-	if u.def.opts.STUNStrict {
-		parse = keepalive.ParseFingerprintedBindingRequest
-	}
-	id, err := parse(b)
-	if err != nil {
-		return false // looks like STUN but is not a request we may answer: app data
-	}
-	mapped := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-	var buf [128]byte
-	resp := keepalive.AppendBindingSuccess(buf[:0], id, mapped)
-	if _, err := u.ln.WriteToUDPAddrPort(resp, from); err != nil {
-		u.st.dropClientErr.Inc()
-		u.logError("STUN answer failed", err, "client", from)
-		return true
-	}
-	u.st.stunOK.Inc()
-	return true
 }
 
 // service runs the flow's timers: expiry and heartbeats. It returns when to

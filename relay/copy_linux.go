@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,7 +15,8 @@ import (
 // the per-user pipe quota) for as long as the connection is idle. Here an
 // idle direction holds nothing but its parked goroutine, and each burst
 // borrows a pipe from Go's pool only while it moves.
-func spliceCopy(dst, src *net.TCPConn) (int64, error) {
+// Each burst stamps active (mono time) when it is not nil, for the idle timeout.
+func spliceCopy(dst, src *net.TCPConn, active *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return io.Copy(dst, src)
@@ -59,6 +61,9 @@ func spliceCopy(dst, src *net.TCPConn) (int64, error) {
 		}
 		if avail == 0 {
 			return total, nil
+		}
+		if active != nil {
+			active.Store(mono())
 		}
 		n, err := dst.ReadFrom(&io.LimitedReader{R: src, N: int64(avail)})
 		total += n

@@ -73,10 +73,16 @@ func (l *hostileLog) lines(sub string) []string {
 // cleanup it fails the test on any ERROR-level log line.
 func hostileStart(t *testing.T, routes ...Route) *hostileRelay {
 	t.Helper()
+	return hostileStartConfig(t, Config{Routes: routes, ResolveInterval: time.Second})
+}
+
+// hostileStartConfig is hostileStart with a whole relay configuration.
+func hostileStartConfig(t *testing.T, cfg Config) *hostileRelay {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	logs := &hostileLog{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r, err := New(Config{Routes: routes, ResolveInterval: time.Second}, log, NewMetrics(reg))
+	r, err := New(cfg, log, NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ type Metrics struct {
 	flowsCreated    *prometheus.CounterVec
 	flowsExpired    *prometheus.CounterVec
 	flowsRefused    *prometheus.CounterVec
+	flowsEvicted    *prometheus.CounterVec
 	datagrams       *prometheus.CounterVec
 	bytes           *prometheus.CounterVec
 	drops           *prometheus.CounterVec
@@ -50,7 +51,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		flowsActive:     gv("udp_flows_active", "UDP flows currently open."),
 		flowsCreated:    cv("udp_flows_created_total", "UDP flows created."),
 		flowsExpired:    cv("udp_flows_expired_total", "UDP flows forgotten after the idle timeout."),
-		flowsRefused:    cv("udp_flows_refused_total", "New UDP flows refused because the route is at its flow limit."),
+		flowsRefused:    cv("udp_flows_refused_total", "New UDP flows refused, by reason: limit (max_flows), source_quota (max_flows_per_source), descriptors or ports (the machine-derived budget).", "reason"),
+		flowsEvicted:    cv("udp_flows_evicted_total", "UDP flows closed to make room for a flow from a source below its fair share of a full route."),
 		datagrams:       cv("udp_datagrams_total", "Application datagrams relayed, by direction (upstream = client to server).", "direction"),
 		bytes:           cv("udp_bytes_total", "Application payload bytes relayed, by direction.", "direction"),
 		drops:           cv("udp_drops_total", "Datagrams not relayed, by reason.", "reason"),
@@ -77,7 +79,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
-			m.flowsActive, m.flowsCreated, m.flowsExpired, m.flowsRefused, m.datagrams, m.bytes,
+			m.flowsActive, m.flowsCreated, m.flowsExpired, m.flowsRefused, m.flowsEvicted, m.datagrams, m.bytes,
 			m.drops, m.heartbeats, m.replies, m.rtt, m.deadPeers, m.revivedPeers, m.unansweredFlows,
 			m.notAnswering, m.heals, m.echoes, m.reconnects, m.rebinds,
 			m.mappingChanges, m.stunAnswered, m.connsActive, m.connsTotal, m.connEnds, m.tcpBytes,
@@ -105,7 +107,8 @@ const (
 // udpStats are one UDP route's collectors, resolved once.
 type udpStats struct {
 	flowsActive                              prometheus.Gauge
-	flowsCreated, flowsExpired, flowsRefused prometheus.Counter
+	flowsCreated, flowsExpired, flowsEvicted prometheus.Counter
+	refused                                  map[string]prometheus.Counter // by refusal reason; read-only after creation
 	dgUp, dgDown, bytesUp, bytesDown         prometheus.Counter
 	dropUpRefused, dropUpErr, dropClientErr  prometheus.Counter
 	dropUnresolved, dropSetup, dropStray     prometheus.Counter
@@ -123,10 +126,10 @@ type udpStats struct {
 func (m *Metrics) udp(route string) *udpStats {
 	l := prometheus.Labels{"route": route, "proto": "udp"}
 	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, "udp", reason) }
-	return &udpStats{
+	st := &udpStats{
 		dropLimit: drop(dropFlowLimit), dropNoOrigDst: drop(dropNoOrigDst), dropSTUNRate: drop(dropSTUNRateLimited),
 		flowsActive: m.flowsActive.With(l), flowsCreated: m.flowsCreated.With(l),
-		flowsExpired: m.flowsExpired.With(l), flowsRefused: m.flowsRefused.With(l),
+		flowsExpired: m.flowsExpired.With(l), flowsEvicted: m.flowsEvicted.With(l), refused: map[string]prometheus.Counter{},
 		dgUp: m.datagrams.WithLabelValues(route, "udp", "upstream"), dgDown: m.datagrams.WithLabelValues(route, "udp", "downstream"),
 		bytesUp: m.bytes.WithLabelValues(route, "udp", "upstream"), bytesDown: m.bytes.WithLabelValues(route, "udp", "downstream"),
 		dropUpRefused: drop(dropUpstreamRefused), dropUpErr: drop(dropUpstreamError), dropClientErr: drop(dropClientError),
@@ -139,6 +142,10 @@ func (m *Metrics) udp(route string) *udpStats {
 		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l),
 		listenerUp: m.listenerUp.With(l), resolveFailures: m.resolveFailures.With(l),
 	}
+	for _, r := range refuseReasons {
+		st.refused[r] = m.flowsRefused.WithLabelValues(route, "udp", r)
+	}
+	return st
 }
 
 // TCP connection end reasons for natkeep_tcp_connection_ends_total.
@@ -152,11 +159,12 @@ const (
 	endDialError        = "dial_error"
 	endLimit            = "conn_limit"
 	endDrain            = "drain_timeout"
+	endIdle             = "idle_timeout"
 	endError            = "error"
 )
 
 var endReasons = []string{endClientClosed, endUpstreamClosed, endKeepaliveTimeout, endUserTimeout,
-	endClientReset, endUpstreamReset, endDialError, endLimit, endDrain, endError}
+	endClientReset, endUpstreamReset, endDialError, endLimit, endDrain, endIdle, endError}
 
 // tcpStats are one TCP route's collectors, resolved once.
 type tcpStats struct {

@@ -19,6 +19,7 @@ import (
 // Relay runs every configured route.
 type Relay struct {
 	cfg      Config
+	budget   *budget
 	log      *slog.Logger
 	udp      []*udpRoute
 	tcp      []*tcpRoute
@@ -43,7 +44,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 		cfg.ResolveInterval = 30 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Relay{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
+	r := &Relay{cfg: cfg, log: log, ctx: ctx, cancel: cancel, budget: &budget{limit: cfg.Budget}}
 	for _, rt := range cfg.Routes {
 		if err := r.add(rt, m); err != nil {
 			r.Close() // releases what the earlier routes hold
@@ -58,13 +59,13 @@ func (r *Relay) add(rt Route, m *Metrics) error {
 	rlog := r.log.With("route", rt.Name)
 	switch rt.Proto {
 	case UDP:
-		u, err := newUDPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m)
+		u, err := newUDPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m, r.budget)
 		if err != nil {
 			return err
 		}
 		r.udp = append(r.udp, u)
 	case TCP:
-		t, err := newTCPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m)
+		t, err := newTCPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m, r.budget)
 		if err != nil {
 			return err
 		}

@@ -85,7 +85,12 @@ type UDPOptions struct {
 	STUNStrict      bool          // responder: answer only Binding Requests that end in a valid FINGERPRINT
 	AnswerRate      int           // responder: answers per second per source address, burst twice that; 0 = 20
 	FlowIdleTimeout time.Duration // forget a flow after this long without application traffic
-	MaxFlows        int
+	// UnansweredTimeout forgets a flow whose upstream has sent nothing at
+	// all after this long without application traffic, as conntrack's
+	// unreplied timeout does; 0 = FlowIdleTimeout applies to every flow.
+	UnansweredTimeout time.Duration
+	MaxFlows          int
+	MaxFlowsPerSource int // flows one client address may hold; 0 = no quota (fairness still applies when the route is full)
 }
 
 // TCPOptions tune a TCP route.
@@ -93,12 +98,14 @@ type TCPOptions struct {
 	Keepalive      sockopt.Keepalive // Idle 0 = leave kernel keepalive off
 	UserTimeout    time.Duration     // TCP_USER_TIMEOUT; 0 = off
 	ConnectTimeout time.Duration
-	MaxConns       int // 0 = unlimited
+	MaxConns       int           // 0 = unlimited
+	IdleTimeout    time.Duration // close a connection idle both ways this long; 0 = never (idle connections are what natkeep keeps)
 }
 
 // Config is everything the relay needs besides the logger and metrics.
 type Config struct {
 	Routes          []Route
+	Budget          Budget        // what the machine lets flows and connections hold
 	ResolveInterval time.Duration // how often upstream DNS names are re-resolved
 	DrainTimeout    time.Duration
 }

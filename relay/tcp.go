@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ type tcpRoute struct {
 	cancel          context.CancelFunc
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // bypass mark in transparent mode
+	budget          *budget                                                // the relay's, shared by every route
 
 	mu        sync.Mutex
 	conns     map[*proxyConn]struct{}
@@ -40,6 +42,10 @@ type tcpRoute struct {
 // testHookProxying lets tests inspect both sockets of a connection once
 // its options are set; nil outside tests.
 var testHookProxying func(client, upstream *net.TCPConn)
+
+// connDescriptors is what a proxied connection holds: the accepted socket
+// and the dialed one.
+const connDescriptors = 2
 
 // connClass is one set of connection options of a route and the
 // connections that run with them: the route's own, or on a transparent
@@ -61,9 +67,11 @@ type proxyConn struct {
 	class            *connClass
 	dst              netip.AddrPort // transparent routes: the original destination
 	dstErr           error          // transparent routes: why there is none
+	active           atomic.Int64   // mono time of the last burst either way (only with an idle timeout)
+	idled            atomic.Bool    // closed by the idle timeout
 }
 
-func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*tcpRoute, error) {
+func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics, b *budget) (*tcpRoute, error) {
 	st := m.tcp(r.Name)
 	up := originalDst(log, st.resolveFailures)
 	var err error
@@ -74,7 +82,7 @@ func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	t := &tcpRoute{
-		route: r, def: &connClass{opts: r.TCP}, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
+		route: r, def: &connClass{opts: r.TCP}, budget: b, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
 		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
 	}
 	for i := range r.Intercept {
@@ -106,6 +114,48 @@ func (t *tcpRoute) start() {
 	t.wg.Add(2)
 	go func() { defer t.wg.Done(); t.up.run(t.ctx, t.resolveInterval) }()
 	go func() { defer t.wg.Done(); t.acceptLoop() }()
+	if tick := t.idleTick(); tick > 0 {
+		t.wg.Add(1)
+		go func() { defer t.wg.Done(); t.closeIdle(tick) }()
+	}
+}
+
+// idleTick is how often closeIdle looks: a quarter of the shortest idle
+// timeout of the route's classes (at least 100 ms), or 0 when none has one.
+func (t *tcpRoute) idleTick() time.Duration {
+	var shortest time.Duration
+	for _, c := range append([]*connClass{t.def}, t.rules...) {
+		if d := c.opts.IdleTimeout; d > 0 && (shortest == 0 || d < shortest) {
+			shortest = d
+		}
+	}
+	if shortest == 0 {
+		return 0
+	}
+	return max(shortest/4, 100*time.Millisecond)
+}
+
+// closeIdle closes connections that carried nothing either way for their
+// class's idle timeout (TCP_IDLE_TIMEOUT); they end as idle_timeout.
+func (t *tcpRoute) closeIdle(tick time.Duration) {
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tk.C:
+		}
+		now := mono()
+		t.mu.Lock()
+		for pc := range t.conns {
+			if d := pc.class.opts.IdleTimeout; d > 0 && pc.upstream != nil && now-pc.active.Load() >= int64(d) && !pc.idled.Swap(true) {
+				pc.client.Close()
+				pc.upstream.Close()
+			}
+		}
+		t.mu.Unlock()
+	}
 }
 
 // acceptLoop accepts until the listener closes. Errors such as EMFILE back
@@ -136,18 +186,20 @@ func (t *tcpRoute) acceptLoop() {
 			}
 		}
 		t.mu.Lock()
-		full := pc.class.full()
-		if !full {
+		refused := ""
+		if pc.class.full() {
+			refused = refuseLimit
+		} else if refused = t.budget.take(connDescriptors, 0); refused == "" {
 			t.conns[pc] = struct{}{}
 			pc.class.conns++
 			t.wg.Add(1)
 		}
 		t.mu.Unlock()
 		t.st.total.Inc()
-		if full {
+		if refused != "" {
 			resetClose(c)
 			t.st.ends[endLimit].Inc()
-			t.warn("TCP connection refused: at its connection limit", "client", c.RemoteAddr(), "max_conns", pc.class.opts.MaxConns, "intercept_rule", pc.class.ruleName())
+			t.warn("TCP connection refused", "reason", refused, "client", c.RemoteAddr(), "max_conns", pc.class.opts.MaxConns, "intercept_rule", pc.class.ruleName())
 			continue
 		}
 		t.st.active.Inc()
@@ -222,7 +274,16 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	if bound <= 0 {
 		bound = defaultDrainBound
 	}
-	t.end(pc, proxyCopy(client, up, bound))
+	var active *atomic.Int64
+	if opt.IdleTimeout > 0 {
+		active = &pc.active
+		pc.active.Store(mono())
+	}
+	o := proxyCopy(client, up, bound, active)
+	if pc.idled.Load() {
+		o.reason, o.drainedTo = endIdle, ""
+	}
+	t.end(pc, o)
 }
 
 // copyResult is one direction's outcome.
@@ -253,7 +314,7 @@ const defaultDrainBound = 5 * time.Second
 // socket's send queue drains (all within drainBound); then both are reset,
 // so the application still sees the failure instead of an ordinary close,
 // but never loses bytes the failed peer had delivered.
-func proxyCopy(client, up *net.TCPConn, drainBound time.Duration) (o copyOutcome) {
+func proxyCopy(client, up *net.TCPConn, drainBound time.Duration, active *atomic.Int64) (o copyOutcome) {
 	var (
 		mu       sync.Mutex
 		failed   bool
@@ -320,11 +381,11 @@ func proxyCopy(client, up *net.TCPConn, drainBound time.Duration) (o copyOutcome
 	// One direction in a new goroutine, the other in this one.
 	upDone := make(chan int64, 1)
 	go func() {
-		n, err := spliceCopy(up, client)
+		n, err := spliceCopy(up, client, active)
 		finish(copyResult{toUpstream: true, n: n, err: err})
 		upDone <- n
 	}()
-	n, cerr := spliceCopy(client, up)
+	n, cerr := spliceCopy(client, up, active)
 	finish(copyResult{toUpstream: false, n: n, err: cerr})
 	o.toDown = n
 	o.toUp = <-upDone
@@ -446,6 +507,7 @@ func (t *tcpRoute) forget(pc *proxyConn) {
 	t.mu.Lock()
 	delete(t.conns, pc)
 	pc.class.conns--
+	t.budget.give(connDescriptors, 0)
 	if len(t.conns) == 0 && t.idle != nil {
 		close(t.idle)
 		t.idle = nil

@@ -177,9 +177,10 @@ func TestTransparentNoOrigDst(t *testing.T) {
 			t.Fatal(err)
 		}
 		eventually(t, "a no_orig_dst drop", func() bool { return r.drops(t, rt.Name)["no_orig_dst"] == 1 })
-		if len(r.logs.lines("intercepted datagram without its original destination")) != 1 {
-			t.Error("the drop was not logged")
-		}
+		// The counter moves just before the line is written: wait for both.
+		eventually(t, "the drop to be logged", func() bool {
+			return len(r.logs.lines("intercepted datagram without its original destination")) == 1
+		})
 
 		setRecvOrigDst(t, ln, true)
 		if _, err := app.Write([]byte("hello")); err != nil {

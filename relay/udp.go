@@ -43,9 +43,13 @@ type udpRoute struct {
 	def   *flowClass   // the route's own options, and the flows that run with them
 	rules []*flowClass // transparent routes: one per UDP intercept rule, in order
 
-	mu     sync.Mutex
-	flows  map[flowKey]*flow
-	closed bool
+	budget     *budget // the relay's, shared by every route
+	fdsPerFlow int     // descriptors a flow holds: 1, or 2 on a transparent route (its client-side socket)
+
+	mu      sync.Mutex
+	flows   map[flowKey]*flow
+	sources map[netip.Addr]*sourceFlows
+	closed  bool
 
 	sched   scheduler
 	readers flowReaders
@@ -57,8 +61,8 @@ type udpRoute struct {
 
 	answers     *sourceLimiter // responder: answers per source address; listener goroutine only
 	answered    atomic.Bool    // some flow's upstream answered a heartbeat
-	notAnswered atomic.Bool  // warned that the upstream never answers heartbeats
-	lastResolve atomic.Int64 // mono time of the last on-demand resolution (dead peers)
+	notAnswered atomic.Bool    // warned that the upstream never answers heartbeats
+	lastResolve atomic.Int64   // mono time of the last on-demand resolution (dead peers)
 }
 
 // flowKey identifies a flow: the client's address, and in transparent mode
@@ -98,9 +102,11 @@ type flow struct {
 
 	wake int64 // scheduler-owned: when to service this flow next
 	idx  int   // scheduler-owned: heap index, -1 when not queued
+
+	srcPrev, srcNext *flow // the flows of the same source, oldest first; guarded by udpRoute.mu
 }
 
-func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics) (*udpRoute, error) {
+func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics, b *budget) (*udpRoute, error) {
 	st := m.udp(r.Name)
 	up := originalDst(log, st.resolveFailures)
 	var err error
@@ -111,11 +117,11 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	u := &udpRoute{
-		route: r, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
-		flows:  make(map[flowKey]*flow),
-		hbBuf:  make([]byte, 0, 256),
-		refuse: logLimiter{period: 10 * time.Second},
-		errLog: logLimiter{period: 10 * time.Second},
+		route: r, log: log, st: st, budget: b, fdsPerFlow: 1, sources: make(map[netip.Addr]*sourceFlows), up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
+		flows:   make(map[flowKey]*flow),
+		hbBuf:   make([]byte, 0, 256),
+		refuse:  logLimiter{period: 10 * time.Second},
+		errLog:  logLimiter{period: 10 * time.Second},
 		events:  newFlowEvents(log),
 		answers: newAnswerLimiter(r.UDP),
 	}
@@ -131,6 +137,9 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 			return nil, err
 		}
 		u.rules = append(u.rules, c)
+	}
+	if r.Transparent {
+		u.fdsPerFlow = 2
 	}
 	u.dialControl = bypassControl(r.BypassMark, &u.errLog, log)
 	u.up.resolver = markedResolver(u.dialControl)
@@ -247,21 +256,23 @@ func (u *udpRoute) lookup(key flowKey) *flow {
 // reading the listener creates flows, so key is not in the table.
 func (u *udpRoute) newFlow(key flowKey, c *flowClass, out *net.UDPConn) *flow {
 	u.mu.Lock()
-	n, closed := c.flows, u.closed
+	closed := u.closed
 	u.mu.Unlock()
 	if closed {
 		return nil
 	}
-	if n >= c.opts.MaxFlows {
-		u.st.flowsRefused.Inc()
+	if reason := u.admit(key, c); reason != "" {
+		u.st.refused[reason].Inc()
 		u.st.dropLimit.Inc()
 		if ok, more := u.refuse.allow(); ok {
-			u.log.Warn("UDP flow refused: at its flow limit", "client", key.client, "max_flows", c.opts.MaxFlows, "intercept_rule", c.ruleName(), "suppressed", more)
+			u.log.Warn("UDP flow refused", "reason", reason, "client", key.client, "max_flows", c.opts.MaxFlows,
+				"max_flows_per_source", c.opts.MaxFlowsPerSource, "intercept_rule", c.ruleName(), "suppressed", more)
 		}
 		return nil
 	}
 	up, peer, err := u.dialUpstream(key)
 	if err != nil {
+		u.budget.give(u.fdsPerFlow, 1)
 		if errors.Is(err, errUnresolved) {
 			u.st.dropUnresolved.Inc()
 		} else {
@@ -278,10 +289,12 @@ func (u *udpRoute) newFlow(key flowKey, c *flowClass, out *net.UDPConn) *flow {
 	if u.closed {
 		u.mu.Unlock()
 		up.Close()
+		u.budget.give(u.fdsPerFlow, 1)
 		return nil
 	}
 	u.flows[key] = f
 	c.flows++
+	u.link(f)
 	u.mu.Unlock()
 	u.st.flowsCreated.Inc()
 	u.st.flowsActive.Inc()
@@ -358,7 +371,11 @@ func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 // service the flow next, or 0 when the flow is gone.
 func (u *udpRoute) service(f *flow, now int64) int64 {
 	last := max(f.lastOut.Load(), f.lastIn.Load())
-	expiry := last + int64(f.opt.FlowIdleTimeout)
+	timeout := f.opt.FlowIdleTimeout
+	if ut := f.opt.UnansweredTimeout; ut > 0 && ut < timeout && f.lastHeard.Load() == 0 {
+		timeout = ut // the upstream never sent a thing: die young, like conntrack's unreplied entries
+	}
+	expiry := last + int64(timeout)
 	if now >= expiry {
 		u.expire(f)
 		return 0
@@ -406,7 +423,9 @@ func (u *udpRoute) remove(f *flow) bool {
 	}
 	delete(u.flows, f.key)
 	f.class.flows--
+	u.unlink(f)
 	u.mu.Unlock()
+	defer u.budget.give(u.fdsPerFlow, 1)
 	f.mu.Lock()
 	f.closed = true
 	c := f.conn.Load()

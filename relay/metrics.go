@@ -32,7 +32,7 @@ type Metrics struct {
 	connsActive     *prometheus.GaugeVec
 	connsTotal      *prometheus.CounterVec
 	connEnds        *prometheus.CounterVec
-	tcpBytes        *prometheus.CounterVec
+	tcpBytes        *tcpBytes
 	dialSeconds     *prometheus.HistogramVec
 	listenerUp      *prometheus.GaugeVec
 	resolveFailures *prometheus.CounterVec
@@ -40,9 +40,11 @@ type Metrics struct {
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	route := []string{"route", "proto"}
+	// udp_* and tcp_* series carry only the route: their name says the
+	// protocol. The two that serve both protocols also carry proto.
+	route, both := []string{"route"}, []string{"route", "proto"}
 	cv := func(name, help string, extra ...string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "natkeep", Name: name, Help: help}, append(route[:2:2], extra...))
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "natkeep", Name: name, Help: help}, append(route[:1:1], extra...))
 	}
 	gv := func(name, help string) *prometheus.GaugeVec {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "natkeep", Name: name, Help: help}, route)
@@ -72,10 +74,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		connsActive:     gv("tcp_connections_active", "TCP connections currently proxied."),
 		connsTotal:      cv("tcp_connections_total", "TCP connections accepted."),
 		connEnds:        cv("tcp_connection_ends_total", "TCP connections ended, by reason.", "reason"),
-		tcpBytes:        cv("tcp_bytes_total", "TCP payload bytes proxied, by direction.", "direction"),
+		tcpBytes:        newTCPBytes(),
 		dialSeconds:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "natkeep", Name: "tcp_dial_seconds", Help: "Upstream TCP connect latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, route),
-		listenerUp:      gv("listener_up", "1 while the route's listener is bound."),
-		resolveFailures: cv("resolve_failures_total", "Failed DNS resolutions of the upstream name."),
+		listenerUp:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "natkeep", Name: "listener_up", Help: "1 while the route's listener is bound."}, both),
+		resolveFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "natkeep", Name: "resolve_failures_total", Help: "Failed DNS resolutions of the upstream name."}, both),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
@@ -124,26 +126,26 @@ type udpStats struct {
 }
 
 func (m *Metrics) udp(route string) *udpStats {
-	l := prometheus.Labels{"route": route, "proto": "udp"}
-	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, "udp", reason) }
+	l, lp := prometheus.Labels{"route": route}, prometheus.Labels{"route": route, "proto": "udp"}
+	drop := func(reason string) prometheus.Counter { return m.drops.WithLabelValues(route, reason) }
 	st := &udpStats{
 		dropLimit: drop(dropFlowLimit), dropNoOrigDst: drop(dropNoOrigDst), dropSTUNRate: drop(dropSTUNRateLimited),
 		flowsActive: m.flowsActive.With(l), flowsCreated: m.flowsCreated.With(l),
 		flowsExpired: m.flowsExpired.With(l), flowsEvicted: m.flowsEvicted.With(l), refused: map[string]prometheus.Counter{},
-		dgUp: m.datagrams.WithLabelValues(route, "udp", "upstream"), dgDown: m.datagrams.WithLabelValues(route, "udp", "downstream"),
-		bytesUp: m.bytes.WithLabelValues(route, "udp", "upstream"), bytesDown: m.bytes.WithLabelValues(route, "udp", "downstream"),
+		dgUp: m.datagrams.WithLabelValues(route, "upstream"), dgDown: m.datagrams.WithLabelValues(route, "downstream"),
+		bytesUp: m.bytes.WithLabelValues(route, "upstream"), bytesDown: m.bytes.WithLabelValues(route, "downstream"),
 		dropUpRefused: drop(dropUpstreamRefused), dropUpErr: drop(dropUpstreamError), dropClientErr: drop(dropClientError),
 		dropUnresolved: drop(dropUnresolved), dropSetup: drop(dropFlowSetup), dropStray: drop(dropStrayReply),
 		heartbeats: m.heartbeats.With(l), replies: m.replies.With(l), rtt: m.rtt.With(l),
 		dead: m.deadPeers.With(l), rebinds: m.rebinds.With(l),
-		revivedData: m.revivedPeers.WithLabelValues(route, "udp", "data"), revivedReply: m.revivedPeers.WithLabelValues(route, "udp", "reply"),
+		revivedData: m.revivedPeers.WithLabelValues(route, "data"), revivedReply: m.revivedPeers.WithLabelValues(route, "reply"),
 		unanswered: m.unansweredFlows.With(l), notAnswering: m.notAnswering.With(l),
 		heals: m.heals.With(l), echoes: m.echoes.With(l), reconnects: m.reconnects.With(l),
 		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l),
-		listenerUp: m.listenerUp.With(l), resolveFailures: m.resolveFailures.With(l),
+		listenerUp: m.listenerUp.With(lp), resolveFailures: m.resolveFailures.With(lp),
 	}
 	for _, r := range refuseReasons {
-		st.refused[r] = m.flowsRefused.WithLabelValues(route, "udp", r)
+		st.refused[r] = m.flowsRefused.WithLabelValues(route, r)
 	}
 	return st
 }
@@ -168,24 +170,22 @@ var endReasons = []string{endClientClosed, endUpstreamClosed, endKeepaliveTimeou
 
 // tcpStats are one TCP route's collectors, resolved once.
 type tcpStats struct {
-	active           prometheus.Gauge
-	total            prometheus.Counter
-	ends             map[string]prometheus.Counter // read-only after creation
-	bytesUp, bytesDn prometheus.Counter
-	dial             prometheus.Observer
-	listenerUp       prometheus.Gauge
-	resolveFailures  prometheus.Counter
+	active          prometheus.Gauge
+	total           prometheus.Counter
+	ends            map[string]prometheus.Counter // read-only after creation
+	dial            prometheus.Observer
+	listenerUp      prometheus.Gauge
+	resolveFailures prometheus.Counter
 }
 
 func (m *Metrics) tcp(route string) *tcpStats {
-	l := prometheus.Labels{"route": route, "proto": "tcp"}
+	l, lp := prometheus.Labels{"route": route}, prometheus.Labels{"route": route, "proto": "tcp"}
 	s := &tcpStats{
 		active: m.connsActive.With(l), total: m.connsTotal.With(l), ends: map[string]prometheus.Counter{},
-		bytesUp: m.tcpBytes.WithLabelValues(route, "tcp", "upstream"), bytesDn: m.tcpBytes.WithLabelValues(route, "tcp", "downstream"),
-		dial: m.dialSeconds.With(l), listenerUp: m.listenerUp.With(l), resolveFailures: m.resolveFailures.With(l),
+		dial: m.dialSeconds.With(l), listenerUp: m.listenerUp.With(lp), resolveFailures: m.resolveFailures.With(lp),
 	}
 	for _, r := range endReasons {
-		s.ends[r] = m.connEnds.WithLabelValues(route, "tcp", r)
+		s.ends[r] = m.connEnds.WithLabelValues(route, r)
 	}
 	return s
 }

@@ -30,10 +30,11 @@ type tcpRoute struct {
 	dialControl     func(network, address string, c syscall.RawConn) error // bypass mark in transparent mode
 	budget          *budget                                                // the relay's, shared by every route
 
-	mu        sync.Mutex
-	conns     map[*proxyConn]struct{}
-	accepting bool
-	idle      chan struct{} // closed when conns empties while draining
+	mu                   sync.Mutex
+	conns                map[*proxyConn]struct{}
+	accepting            bool
+	closedUp, closedDown uint64        // bytes of ended connections, each way
+	idle                 chan struct{} // closed when conns empties while draining
 
 	wg      sync.WaitGroup // accept loop, resolver and every connection
 	warnLog logLimiter
@@ -68,6 +69,7 @@ type proxyConn struct {
 	dst              netip.AddrPort // transparent routes: the original destination
 	dstErr           error          // transparent routes: why there is none
 	active           atomic.Int64   // mono time of the last burst either way (only with an idle timeout)
+	live             liveBytes      // share of natkeep_tcp_bytes_total while open
 	idled            atomic.Bool    // closed by the idle timeout
 }
 
@@ -92,6 +94,7 @@ func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	}
 	t.dialControl = bypassControl(r.BypassMark, &t.warnLog, log)
 	t.up.resolver = markedResolver(t.dialControl)
+	m.tcpBytes.add(t)
 	return t, nil
 }
 
@@ -474,8 +477,7 @@ func resetClose(c *net.TCPConn) {
 // end records why a connection ended.
 func (t *tcpRoute) end(pc *proxyConn, o copyOutcome) {
 	t.st.ends[o.reason].Inc()
-	t.st.bytesUp.Add(float64(o.toUp))
-	t.st.bytesDn.Add(float64(o.toDown))
+	t.closeBytes(pc, o.toUp, o.toDown)
 	if (o.reason == endClientClosed || o.reason == endUpstreamClosed) && !t.log.Enabled(t.ctx, slog.LevelDebug) {
 		return // the common case: nothing to log, so build no attributes
 	}

@@ -92,3 +92,56 @@ func TestTCPIdleTimeout(t *testing.T) {
 		t.Fatalf("idle_timeout ends %v, want 1", v)
 	}
 }
+
+// TestTCPBytesMoveWhileOpen: natkeep_tcp_bytes_total counts what an open
+// connection has delivered (read from TCP_INFO at scrape time): during a
+// 1 MB download that the server keeps open, the downstream counter rises
+// to the full megabyte before the connection ends, never falls, and ends
+// at exactly what was copied.
+func TestTCPBytesMoveWhileOpen(t *testing.T) {
+	const size = 1 << 20
+	release := make(chan struct{})
+	addr := tcpServer(t, func(c *net.TCPConn) {
+		if _, err := c.Write(make([]byte, size)); err != nil {
+			return
+		}
+		<-release // held open
+	})
+	rt := newRouteTCP("127.0.0.1:0", addr, tcpOpts())
+	h := hostileStart(t, rt)
+	app := dialTCP(t, h.Addrs()[0])
+	down := func() float64 { return h.routeMetric(t, rt.Name, "natkeep_tcp_bytes_total", "direction", "downstream") }
+	var seen []float64
+	buf := make([]byte, 64<<10)
+	got := 0
+	for got < size {
+		n, err := app.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += n
+		seen = append(seen, down())
+	}
+	eventually(t, "the counter to reach 1 MB while open", func() bool { return down() == size })
+	for i := 1; i < len(seen); i++ {
+		if seen[i] < seen[i-1] {
+			t.Fatalf("the counter fell from %v to %v", seen[i-1], seen[i])
+		}
+	}
+	if h.Stats().TCPConns != 1 {
+		t.Fatal("the connection is not open any more: the test proves nothing")
+	}
+	close(release)
+	app.Close()
+	eventually(t, "the connection to end", func() bool { return h.Stats().TCPConns == 0 })
+	if v := down(); v != size {
+		t.Fatalf("after the end the counter is %v, want %d", v, size)
+	}
+	mid := 0
+	for _, v := range seen {
+		if v > 0 && v < size {
+			mid++
+		}
+	}
+	t.Logf("%d readings during the transfer, %d of them strictly between 0 and 1 MB", len(seen), mid)
+}

@@ -108,10 +108,10 @@ func TestTCPLargeTransferBothWays(t *testing.T) {
 		t.Fatalf("upstream: %d bytes, checksum mismatch", upN)
 	}
 	eventually(t, "connection end counted", func() bool {
-		return counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, "tcp", endClientClosed))+
-			counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, "tcp", endUpstreamClosed)) == 1
+		return counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, endClientClosed))+
+			counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, endUpstreamClosed)) == 1
 	})
-	if got := counter(m.tcpBytes.WithLabelValues(r.tcp[0].route.Name, "tcp", "upstream")); got != size {
+	if got, _ := r.tcp[0].bytes(); got != size {
 		t.Fatalf("bytes upstream metric = %v", got)
 	}
 }
@@ -256,7 +256,7 @@ func TestTCPUpstreamResetPropagates(t *testing.T) {
 		t.Fatalf("reset took %v to reach the client", d)
 	}
 	eventually(t, "upstream_reset counted", func() bool {
-		return counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, "tcp", endUpstreamReset)) == 1
+		return counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, endUpstreamReset)) == 1
 	})
 }
 
@@ -290,7 +290,7 @@ func TestTCPClientResetPropagates(t *testing.T) {
 		t.Fatal("upstream never saw the client's reset")
 	}
 	eventually(t, "client_reset counted", func() bool {
-		return counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, "tcp", endClientReset)) == 1
+		return counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, endClientReset)) == 1
 	})
 }
 
@@ -319,7 +319,7 @@ func TestTCPDialFailureResetsClient(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("dial failure took %v to reach the client", d)
 	}
-	if got := counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, "tcp", endDialError)); got != 1 {
+	if got := counter(m.connEnds.WithLabelValues(r.tcp[0].route.Name, endDialError)); got != 1 {
 		t.Fatalf("dial_error = %v", got)
 	}
 }

@@ -281,7 +281,7 @@ func TestUDPMaxFlows(t *testing.T) {
 		}
 	}
 	expectNothing(t, extra, 300*time.Millisecond)
-	if got := counter(m.flowsRefused.WithLabelValues(r.udp[0].route.Name, "udp", refuseLimit)); got != 3 {
+	if got := counter(m.flowsRefused.WithLabelValues(r.udp[0].route.Name, refuseLimit)); got != 3 {
 		t.Fatalf("refused = %v, want 3", got)
 	}
 	if _, err := a.Write([]byte("still")); err != nil {

@@ -129,4 +129,8 @@ type TCPInfo struct {
 	LastAckRecv time.Duration
 	// RTT is the kernel's smoothed round-trip time estimate.
 	RTT time.Duration
+	// BytesAcked is how many bytes the peer has acknowledged (tcpi_bytes_acked).
+	BytesAcked uint64
+	// BytesReceived is how many bytes have been received (tcpi_bytes_received).
+	BytesReceived uint64
 }

@@ -39,13 +39,15 @@ func GetTCPInfo(c syscall.Conn) (TCPInfo, error) {
 		return TCPInfo{}, err
 	}
 	return TCPInfo{
-		State:        ti.State,
-		Retransmits:  ti.Retransmits,
-		Probes:       ti.Probes,
-		Backoff:      ti.Backoff,
-		Unacked:      ti.Unacked,
-		LastDataRecv: time.Duration(ti.Last_data_recv) * time.Millisecond,
-		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
-		RTT:          time.Duration(ti.Rtt) * time.Microsecond,
+		State:         ti.State,
+		Retransmits:   ti.Retransmits,
+		Probes:        ti.Probes,
+		Backoff:       ti.Backoff,
+		Unacked:       ti.Unacked,
+		LastDataRecv:  time.Duration(ti.Last_data_recv) * time.Millisecond,
+		LastAckRecv:   time.Duration(ti.Last_ack_recv) * time.Millisecond,
+		RTT:           time.Duration(ti.Rtt) * time.Microsecond,
+		BytesAcked:    ti.Bytes_acked,
+		BytesReceived: ti.Bytes_received,
 	}, nil
 }

@@ -277,7 +277,7 @@ func TestFloodUDPFlows(t *testing.T) {
 	faultWaitReady(t, admin)
 	pid := nk.Pid()
 	relayAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: udpPort}
-	labels := map[string]string{"proto": "udp"}
+	var labels map[string]string // every route: udp_* series carry no proto label
 	metric := func(name string) float64 { return metricValue(scrapeWith(t, faultHTTP, admin), name, labels) }
 
 	existing := make([]*net.UDPConn, existingN)

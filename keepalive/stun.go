@@ -32,6 +32,12 @@ const (
 	stunAttrMessageIntegritySHA256 = 0x001C
 	stunAttrFingerprint            = 0x8028
 	stunAttrPadding                = 0x0026 // RFC 5780: ignored by design
+	stunAttrResponsePort           = 0x0027 // RFC 5780 section 7.5
+	stunAttrUsername               = 0x0006
+	stunAttrUserhash               = 0x001E
+	stunAttrErrorCode              = 0x0009
+	stunAttrUnknownAttributes      = 0x000A
+	stunTypeBindingError           = 0x0111
 
 	stunAttrHeaderLen  = 4
 	stunFingerprintLen = stunAttrHeaderLen + 4
@@ -258,76 +264,142 @@ func stunCheckFingerprint(msg []byte, at int, val []byte) error {
 	return nil
 }
 
-// ParseBindingRequest returns the transaction ID of b if it is a
-// well-formed RFC 5389/8489 Binding Request: magic cookie, exact length,
-// every attribute well-formed to the last byte, no comprehension-required
-// attribute (0x0000-0x7FFF) that a plain Binding responder does not
-// understand, and a FINGERPRINT, when present, last and valid. FINGERPRINT
-// is optional in the RFCs and common clients (coturn's, pion's) omit it.
-// A request carrying an attribute it does not understand (USERNAME and
-// MESSAGE-INTEGRITY of an ICE check, CHANGE-REQUEST, RESPONSE-PORT) is
-// refused with ErrUnknownAttribute, so that the relay passes it on to a
-// server that may understand it. RFC 3489 requests (no magic cookie) are
-// ErrNotSTUN.
-func ParseBindingRequest(b []byte) (TxID, error) {
-	return parseBindingRequest(b, false)
+// BindingRequest is what a responder needs to know of a Binding Request.
+type BindingRequest struct {
+	// ID is the transaction ID, echoed in the response.
+	ID TxID
+	// Fingerprint is set when the request ended in a valid FINGERPRINT; the response then carries one too.
+	Fingerprint bool
+	// ResponsePort is the RESPONSE-PORT attribute (RFC 5780 section 7.5), 0 if absent: the response goes to the request's source address at this port.
+	ResponsePort uint16
+	// Credentials is set when the request carries USERNAME, USERHASH or MESSAGE-INTEGRITY: it is addressed to a server that holds credentials (an ICE agent, a TURN server), not to a plain responder.
+	Credentials bool
+	// Unknown lists the first comprehension-required attributes (0x0000-0x7FFF) the codec does not understand; NUnknown counts them all. RFC 8489 answers such a request with error 420 naming them.
+	Unknown  [4]uint16
+	NUnknown int
 }
 
-// ParseFingerprintedBindingRequest is ParseBindingRequest's strict form
-// (stun_strict): the request must end in a valid FINGERPRINT, and then its
-// other attributes are not examined. It suits servers whose own protocol
-// could look like STUN: the odds that application data carries the magic
-// cookie, a consistent length and a matching CRC-32 are about 2^-64.
-func ParseFingerprintedBindingRequest(b []byte) (TxID, error) {
-	return parseBindingRequest(b, true)
-}
-
-// stunUnderstood reports whether a Binding responder may ignore attribute
-// typ of a request: comprehension-optional ones (0x8000-0xFFFF) always, and
-// PADDING (RFC 5780), which exists only to be ignored.
-func stunUnderstood(typ uint16) bool {
-	return typ >= 0x8000 || typ == stunAttrPadding
-}
-
-func parseBindingRequest(b []byte, requireFingerprint bool) (TxID, error) {
+// ReadBindingRequest parses b as an RFC 5389/8489 Binding Request: magic
+// cookie, exact length, every attribute well-formed to the last byte, and a
+// FINGERPRINT, when present, last and valid (with requireFingerprint, it
+// must be present). Attributes it understands are PADDING (ignored) and
+// RESPONSE-PORT; credentials and other comprehension-required attributes
+// are reported, not refused, so the caller decides (pass the request on,
+// or answer 420). RFC 3489 requests (no magic cookie) are ErrNotSTUN. It
+// does not allocate.
+func ReadBindingRequest(b []byte, requireFingerprint bool) (BindingRequest, error) {
+	var r BindingRequest
 	if err := stunCheckHeader(b); err != nil {
-		return TxID{}, err
+		return r, err
 	}
 	if binary.BigEndian.Uint16(b[0:2]) != stunTypeBindingRequest {
-		return TxID{}, ErrWrongType
+		return r, ErrWrongType
 	}
-	var id TxID
-	copy(id[:], b[8:STUNHeaderLen])
-	unknown := false
+	copy(r.ID[:], b[8:STUNHeaderLen])
 	it := stunAttrIter{msg: b, off: STUNHeaderLen}
 	for {
 		typ, val, at, done, err := it.next()
 		if err != nil {
-			return TxID{}, err
+			return BindingRequest{}, err
 		}
 		if done {
-			if requireFingerprint {
-				return TxID{}, ErrBadFingerprint // no FINGERPRINT
-			}
 			break
 		}
 		if typ == stunAttrFingerprint {
 			if err := stunCheckFingerprint(b, at, val); err != nil {
-				return TxID{}, err
+				return BindingRequest{}, err
 			}
-			if requireFingerprint {
-				return id, nil
-			}
+			r.Fingerprint = true
 			break
 		}
-		if !stunUnderstood(typ) {
-			unknown = true // keep walking: a malformed message is reported as such first
+		switch {
+		case typ == stunAttrResponsePort:
+			if len(val) != 4 || binary.BigEndian.Uint16(val) == 0 {
+				return BindingRequest{}, ErrBadAttribute
+			}
+			if r.ResponsePort == 0 {
+				r.ResponsePort = binary.BigEndian.Uint16(val)
+			}
+		case typ == stunAttrUsername || typ == stunAttrUserhash || typ == stunAttrMessageIntegrity || typ == stunAttrMessageIntegritySHA256:
+			r.Credentials = true
+		case typ >= 0x8000 || typ == stunAttrPadding:
+			// Comprehension-optional, or PADDING: ignored.
+		default:
+			if r.NUnknown < len(r.Unknown) {
+				r.Unknown[r.NUnknown] = typ
+			}
+			r.NUnknown++
 		}
 	}
-	if unknown {
+	if requireFingerprint && !r.Fingerprint {
+		return BindingRequest{}, ErrBadFingerprint
+	}
+	return r, nil
+}
+
+// ParseBindingRequest returns the transaction ID of b if it is a
+// well-formed Binding Request that a plain responder can answer as it
+// stands: ReadBindingRequest's rules, with no credentials and no attribute
+// it does not understand (those are ErrUnknownAttribute). FINGERPRINT is
+// optional in the RFCs and common clients (coturn's, pion's) omit it.
+func ParseBindingRequest(b []byte) (TxID, error) {
+	r, err := ReadBindingRequest(b, false)
+	if err != nil {
+		return TxID{}, err
+	}
+	if r.Credentials || r.NUnknown > 0 {
 		return TxID{}, ErrUnknownAttribute
 	}
-	return id, nil
+	return r.ID, nil
+}
+
+// ParseFingerprintedBindingRequest is the strict form (stun_strict): the
+// request must end in a valid FINGERPRINT, and then its other attributes
+// do not stop it. It suits servers whose own protocol could look like
+// STUN: the odds that application data carries the magic cookie, a
+// consistent length and a matching CRC-32 are about 2^-64.
+func ParseFingerprintedBindingRequest(b []byte) (TxID, error) {
+	r, err := ReadBindingRequest(b, true)
+	if err != nil {
+		return TxID{}, err
+	}
+	return r.ID, nil
+}
+
+// AppendUnknownAttributes appends a 420 (Unknown Attribute) Binding Error
+// Response to req, listing the attributes it did not understand in
+// UNKNOWN-ATTRIBUTES (RFC 8489 section 14.9), with a FINGERPRINT when the
+// request had one.
+func AppendUnknownAttributes(dst []byte, req BindingRequest) []byte {
+	const reason = "Unknown Attribute"
+	start := len(dst)
+	n := min(req.NUnknown, len(req.Unknown))
+	errLen := 4 + len(reason)
+	unkLen := 2 * n
+	body := stunAttrHeaderLen + (errLen+3)&^3 + stunAttrHeaderLen + (unkLen+3)&^3
+	if req.Fingerprint {
+		body += stunFingerprintLen
+	}
+	dst = stunAppendHeader(dst, stunTypeBindingError, body, req.ID)
+	dst = binary.BigEndian.AppendUint16(dst, stunAttrErrorCode)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(errLen))
+	dst = append(dst, 0, 0, 4, 20) // class 4, number 20
+	dst = append(dst, reason...)
+	for (len(dst)-start)%4 != 0 {
+		dst = append(dst, 0)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, stunAttrUnknownAttributes)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(unkLen))
+	for _, typ := range req.Unknown[:n] {
+		dst = binary.BigEndian.AppendUint16(dst, typ)
+	}
+	for (len(dst)-start)%4 != 0 {
+		dst = append(dst, 0)
+	}
+	if !req.Fingerprint {
+		return dst
+	}
+	return stunAppendFingerprint(dst, dst[start:])
 }
 
 // BindingResponse is a parsed Binding Success Response: the transaction ID

@@ -111,3 +111,28 @@ func FuzzParseFingerprintedBindingRequest(f *testing.F) {
 		}
 	})
 }
+
+func FuzzReadBindingRequest(f *testing.F) {
+	for _, s := range stunFuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ReadBindingRequest(b, false)
+		if err != nil {
+			if r != (BindingRequest{}) {
+				t.Fatalf("failed parse returned %+v", r)
+			}
+			return
+		}
+		if typ, id, ok := PeekTxID(b); !ok || typ != 0x0001 || id != r.ID {
+			t.Fatalf("parsed a message PeekTxID sees as %#04x %x %v", typ, id, ok)
+		}
+		if r.Fingerprint != stunFingerprintOK(b) {
+			t.Fatalf("Fingerprint %v for %x", r.Fingerprint, b)
+		}
+		// Every answer built from it parses back.
+		if e := AppendUnknownAttributes(nil, r); !LooksLikeSTUN(e) {
+			t.Fatalf("420 answer %x is not STUN", e)
+		}
+	})
+}

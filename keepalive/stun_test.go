@@ -357,7 +357,9 @@ func TestSTUNParseRequestCases(t *testing.T) {
 		{"USERNAME (an ICE check)", stunBuild(0x0001, id, false, stunAttr(0x0006, 'a', ':', 'b')), ErrUnknownAttribute, ErrBadFingerprint},
 		{"USERNAME with FINGERPRINT", stunBuild(0x0001, id, true, stunAttr(0x0006, 'a', ':', 'b')), ErrUnknownAttribute, nil},
 		{"CHANGE-REQUEST", stunBuild(0x0001, id, false, stunAttr(0x0003, 0, 0, 0, 6)), ErrUnknownAttribute, ErrBadFingerprint},
-		{"RESPONSE-PORT", stunBuild(0x0001, id, true, stunAttr(0x0027, 0x30, 0x39, 0, 0)), ErrUnknownAttribute, nil},
+		{"RESPONSE-PORT is understood", stunBuild(0x0001, id, true, stunAttr(0x0027, 0x30, 0x39, 0, 0)), nil, nil},
+		{"RESPONSE-PORT of the wrong length", stunBuild(0x0001, id, true, stunAttr(0x0027, 0x30, 0x39)), ErrBadAttribute, ErrBadAttribute},
+		{"RESPONSE-PORT 0", stunBuild(0x0001, id, true, stunAttr(0x0027, 0, 0, 0, 0)), ErrBadAttribute, ErrBadAttribute},
 		{"PADDING is ignored", stunBuild(0x0001, id, false, stunAttr(0x0026, 0, 0, 0, 0, 0, 0, 0, 0)), nil, ErrBadFingerprint},
 		{"unknown comprehension-optional attribute", stunBuild(0x0001, id, true, stunAttr(0xC0DE, 1)), nil, nil},
 		{"unknown attribute, then a truncated one", stunBuild(0x0001, id, false, stunAttr(0x0006, 'x'), []byte{0x80, 0x22, 0x00, 0x09, 'a', 'b', 'c', 'd'}), ErrTruncated, ErrTruncated},
@@ -563,5 +565,72 @@ func TestSTUNResponseWithoutFingerprint(t *testing.T) {
 	}
 	if HasFingerprint(stunBuild(0x0001, id, false)) || HasFingerprint(stunBuild(0x0001, id, false, stunAttr(0x8022, 0x80, 0x28, 0, 4, 1, 2, 3, 4))) {
 		t.Error("a request without FINGERPRINT reported with one")
+	}
+}
+
+// TestSTUNReadBindingRequest: what a responder learns of a request.
+func TestSTUNReadBindingRequest(t *testing.T) {
+	id := NewTxID()
+	r, err := ReadBindingRequest(stunBuild(0x0001, id, true, stunAttr(0x0027, 0x30, 0x39, 0, 0), stunAttr(0x8022, 'x')), false)
+	if err != nil || r.ID != id || r.ResponsePort != 12345 || !r.Fingerprint || r.Credentials || r.NUnknown != 0 {
+		t.Fatalf("RESPONSE-PORT request: %+v, %v", r, err)
+	}
+	r, err = ReadBindingRequest(stunBuild(0x0001, id, false, stunAttr(0x0006, 'u'), stunAttr(0x0008, make([]byte, 20)...)), false)
+	if err != nil || !r.Credentials || r.NUnknown != 0 || r.Fingerprint {
+		t.Fatalf("ICE-style request: %+v, %v", r, err)
+	}
+	var unknown [][]byte
+	for typ := uint16(0x7001); typ <= 0x7006; typ++ {
+		unknown = append(unknown, stunAttr(typ, 1))
+	}
+	r, err = ReadBindingRequest(stunBuild(0x0001, id, false, unknown...), false)
+	if err != nil || r.NUnknown != 6 || r.Unknown != [4]uint16{0x7001, 0x7002, 0x7003, 0x7004} {
+		t.Fatalf("unknown attributes: %+v, %v", r, err)
+	}
+	if _, err := ReadBindingRequest(stunBuild(0x0001, id, false), true); err != ErrBadFingerprint {
+		t.Fatalf("strict without FINGERPRINT: %v", err)
+	}
+}
+
+// TestSTUNUnknownAttributesResponse: the 420 answer is a well-formed Binding
+// Error Response with ERROR-CODE 420 and the unknown attributes listed, and
+// a valid FINGERPRINT when the request had one.
+func TestSTUNUnknownAttributesResponse(t *testing.T) {
+	for _, fp := range []bool{false, true} {
+		req := BindingRequest{ID: NewTxID(), Fingerprint: fp, Unknown: [4]uint16{0x0003, 0x7FFF}, NUnknown: 2}
+		b := AppendUnknownAttributes(nil, req)
+		if !LooksLikeSTUN(b) {
+			t.Fatalf("fingerprint %v: %x is not a STUN message", fp, b)
+		}
+		typ, gotID, _ := PeekTxID(b)
+		if typ != 0x0111 || gotID != req.ID {
+			t.Fatalf("type %#x id %x", typ, gotID)
+		}
+		if fp != stunFingerprintOK(b) {
+			t.Fatalf("fingerprint %v: FINGERPRINT check %v", fp, stunFingerprintOK(b))
+		}
+		it := stunAttrIter{msg: b, off: STUNHeaderLen}
+		var code int
+		var listed []uint16
+		for {
+			typ, val, _, done, err := it.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if done {
+				break
+			}
+			switch typ {
+			case 0x0009:
+				code = int(val[2])*100 + int(val[3])
+			case 0x000A:
+				for i := 0; i+1 < len(val); i += 2 {
+					listed = append(listed, binary.BigEndian.Uint16(val[i:]))
+				}
+			}
+		}
+		if code != 420 || len(listed) != 2 || listed[0] != 0x0003 || listed[1] != 0x7FFF {
+			t.Fatalf("error code %d, unknown attributes %#x", code, listed)
+		}
 	}
 }

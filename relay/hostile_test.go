@@ -191,6 +191,7 @@ type hostileMsg struct {
 	name         string
 	data         []byte
 	validRequest bool // a well-formed RFC 5389/8489 Binding Request: a responder (not stun_strict) answers it
+	unknownAttr  bool // a well-formed Binding Request with an attribute no responder knows: answered 420
 }
 
 func hostileRand(n int) []byte {
@@ -292,7 +293,7 @@ func hostileLookalikes(t testing.TB) []hostileMsg {
 		{name: "top two bits set", data: topBits},
 		{name: "19 bytes with the magic cookie", data: short},
 		{name: "STUN indication with a valid FINGERPRINT", data: hostileSTUN(0x0011, hostileTxID(), nil, true)},
-		{name: "65,504-byte Binding Request with an unknown comprehension-required attribute", data: hugeUnknown},
+		{name: "65,504-byte Binding Request with an unknown comprehension-required attribute", data: hugeUnknown, unknownAttr: true},
 		{name: "65,507 random bytes", data: hostileRand(hostileMaxV4)},
 		{name: "valid Binding Request", data: keepalive.AppendBindingRequest(nil, hostileTxID()), validRequest: true},
 		{name: "valid Binding Request with SOFTWARE", data: hostileSTUN(0x0001, hostileTxID(), hostileAttr(0x8022, []byte("hostile")), true), validRequest: true},
@@ -694,12 +695,25 @@ func TestHostileResponderRoute(t *testing.T) {
 
 	msgs := hostileLookalikes(t)
 	names := hostileNames(msgs)
-	var valid, lookalikes [][]byte
+	var valid, rejected, lookalikes [][]byte
 	for _, m := range msgs {
-		if m.validRequest {
+		switch {
+		case m.validRequest:
 			valid = append(valid, m.data)
-		} else {
+		case m.unknownAttr:
+			rejected = append(rejected, m.data)
+		default:
 			lookalikes = append(lookalikes, m.data)
+		}
+	}
+	// Requests with an attribute the responder does not know: 420, RFC 8489.
+	for _, req := range rejected {
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		got := readWithin(t, c, testDeadline)
+		if typ, id, ok := keepalive.PeekTxID(got); !ok || typ != 0x0111 || id != [12]byte(req[8:20]) {
+			t.Fatalf("answer to %q: type %#x ok %v, want a Binding Error Response", names[string(req)], typ, ok)
 		}
 	}
 	// Valid requests first: answered, no flow, nothing upstream.

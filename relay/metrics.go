@@ -29,6 +29,7 @@ type Metrics struct {
 	rebinds         *prometheus.CounterVec
 	mappingChanges  *prometheus.CounterVec
 	stunAnswered    *prometheus.CounterVec
+	stunErrors      *prometheus.CounterVec
 	connsActive     *prometheus.GaugeVec
 	connsTotal      *prometheus.CounterVec
 	connEnds        *prometheus.CounterVec
@@ -71,6 +72,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rebinds:         cv("udp_rebinds_total", "Upstream sockets replaced with a fresh local port (new NAT mapping)."),
 		mappingChanges:  cv("udp_nat_mapping_changes_total", "STUN XOR-MAPPED-ADDRESS changes between replies (NAT rebinding)."),
 		stunAnswered:    cv("udp_stun_requests_answered_total", "STUN Binding Requests answered by a responder route."),
+		stunErrors:      cv("udp_stun_requests_rejected_total", "STUN Binding Requests a responder route answered with 420 (Unknown Attribute)."),
 		connsActive:     gv("tcp_connections_active", "TCP connections currently proxied."),
 		connsTotal:      cv("tcp_connections_total", "TCP connections accepted."),
 		connEnds:        cv("tcp_connection_ends_total", "TCP connections ended, by reason.", "reason"),
@@ -84,7 +86,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.flowsActive, m.flowsCreated, m.flowsExpired, m.flowsRefused, m.flowsEvicted, m.datagrams, m.bytes,
 			m.drops, m.heartbeats, m.replies, m.rtt, m.deadPeers, m.revivedPeers, m.unansweredFlows,
 			m.notAnswering, m.heals, m.echoes, m.reconnects, m.rebinds,
-			m.mappingChanges, m.stunAnswered, m.connsActive, m.connsTotal, m.connEnds, m.tcpBytes,
+			m.mappingChanges, m.stunAnswered, m.stunErrors, m.connsActive, m.connsTotal, m.connEnds, m.tcpBytes,
 			m.dialSeconds, m.listenerUp, m.resolveFailures,
 		} {
 			reg.MustRegister(c)
@@ -118,6 +120,7 @@ type udpStats struct {
 	heartbeats, replies                      prometheus.Counter
 	rtt                                      prometheus.Observer
 	dead, rebinds, mapChanges, stunOK        prometheus.Counter
+	stunErrors                               prometheus.Counter
 	revivedData, revivedReply, unanswered    prometheus.Counter
 	heals, echoes, reconnects                prometheus.Counter
 	notAnswering                             prometheus.Gauge
@@ -141,7 +144,7 @@ func (m *Metrics) udp(route string) *udpStats {
 		revivedData: m.revivedPeers.WithLabelValues(route, "data"), revivedReply: m.revivedPeers.WithLabelValues(route, "reply"),
 		unanswered: m.unansweredFlows.With(l), notAnswering: m.notAnswering.With(l),
 		heals: m.heals.With(l), echoes: m.echoes.With(l), reconnects: m.reconnects.With(l),
-		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l),
+		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l), stunErrors: m.stunErrors.With(l),
 		listenerUp: m.listenerUp.With(lp), resolveFailures: m.resolveFailures.With(lp),
 	}
 	for _, r := range refuseReasons {

@@ -22,19 +22,21 @@ const (
 	responderSources = 4096
 )
 
-// answerSTUN answers a valid STUN Binding Request from a client (responder
-// role) and reports whether it did; such requests are never forwarded.
+// answerSTUN answers a STUN Binding Request from a client (responder role)
+// and reports whether it did; such requests are never forwarded. The
+// answer carries the request's source as XOR-MAPPED-ADDRESS and goes to
+// that source, or, with RESPONSE-PORT (RFC 5780 section 7.5, for binding
+// lifetime discovery), to the same IP at the given port: never to another
+// IP, so the responder cannot be made to reflect to a third party. A
+// request with attributes it does not understand gets 420 (RFC 8489);
+// one with credentials (an ICE check, TURN) is the server's and passes on.
 func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
 	if !keepalive.LooksLikeSTUN(b) {
 		return false
 	}
-	parse := keepalive.ParseBindingRequest
-	if u.def.opts.STUNStrict {
-		parse = keepalive.ParseFingerprintedBindingRequest
-	}
-	id, err := parse(b)
-	if err != nil {
-		return false // looks like STUN but is not a request we may answer: app data
+	req, err := keepalive.ReadBindingRequest(b, u.def.opts.STUNStrict)
+	if err != nil || req.Credentials {
+		return false // not a request for a plain responder: app data
 	}
 	mapped := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	if !u.answers.allow(mapped.Addr(), mono()) {
@@ -42,14 +44,27 @@ func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
 		return true
 	}
 	var buf [128]byte
-	// No larger than needed: a FINGERPRINT only if the request had one.
-	resp := keepalive.AppendBindingResponse(buf[:0], id, mapped, keepalive.HasFingerprint(b))
-	if _, err := u.ln.WriteToUDPAddrPort(resp, from); err != nil {
+	var resp []byte
+	to := from
+	switch {
+	case req.NUnknown > 0:
+		resp = keepalive.AppendUnknownAttributes(buf[:0], req)
+		u.st.stunErrors.Inc()
+	default:
+		// No larger than needed: a FINGERPRINT only if the request had one.
+		resp = keepalive.AppendBindingResponse(buf[:0], req.ID, mapped, req.Fingerprint)
+		if req.ResponsePort != 0 {
+			to = netip.AddrPortFrom(from.Addr(), req.ResponsePort)
+		}
+	}
+	if _, err := u.ln.WriteToUDPAddrPort(resp, to); err != nil {
 		u.st.dropClientErr.Inc()
-		u.logError("STUN answer failed", err, "client", from)
+		u.logError("STUN answer failed", err, "client", from, "to", to)
 		return true
 	}
-	u.st.stunOK.Inc()
+	if req.NUnknown == 0 {
+		u.st.stunOK.Inc()
+	}
 	return true
 }
 

@@ -101,3 +101,62 @@ func TestSourceLimiter(t *testing.T) {
 		t.Fatalf("after the sweep: allowed %d, table %v", got, l.m)
 	}
 }
+
+// stunRequest builds a Binding Request with the given attributes and a
+// FINGERPRINT.
+func stunRequest(id keepalive.TxID, attrs ...[]byte) []byte {
+	var body []byte
+	for _, a := range attrs {
+		body = append(body, a...)
+	}
+	return hostileSTUN(0x0001, id, body, true)
+}
+
+// TestResponderResponsePort: a request with RESPONSE-PORT is answered to
+// the request's source IP at that port (RFC 5780), carrying the request's
+// source as mapped address; the requesting socket gets nothing. A request
+// with CHANGE-REQUEST gets 420, and an ICE check (USERNAME,
+// MESSAGE-INTEGRITY) passes to the server untouched.
+func TestResponderResponsePort(t *testing.T) {
+	srv := newHostilePeer(t, "udp4", "127.0.0.1:0", 0)
+	o := udpOpts()
+	o.Role = RoleResponder
+	rt := hostileRoute("127.0.0.1:0", srv.addr(), o)
+	r := hostileStart(t, rt)
+	x, y := hostileClient(t, r, 0), hostileClient(t, r, 0)
+	xAddr := netip.MustParseAddrPort(x.LocalAddr().String())
+	yPort := uint16(y.LocalAddr().(*net.UDPAddr).Port)
+	id := keepalive.NewTxID()
+	port := []byte{byte(yPort >> 8), byte(yPort), 0, 0}
+	if _, err := x.Write(stunRequest(id, hostileAttr(0x0027, port))); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := keepalive.ParseBindingResponse(readWithin(t, y, testDeadline))
+	if err != nil || resp.ID != id || resp.Mapped != xAddr {
+		t.Fatalf("at the RESPONSE-PORT socket: %+v, %v; want id %x mapped %v", resp, err, id, xAddr)
+	}
+	expectNothing(t, x, 200*time.Millisecond)
+
+	if _, err := x.Write(stunRequest(keepalive.NewTxID(), hostileAttr(0x0003, []byte{0, 0, 0, 6}))); err != nil {
+		t.Fatal(err)
+	}
+	if typ, _, ok := keepalive.PeekTxID(readWithin(t, x, testDeadline)); !ok || typ != 0x0111 {
+		t.Fatalf("CHANGE-REQUEST answered with type %#x, want a Binding Error Response (420)", typ)
+	}
+	if v := r.routeMetric(t, rt.Name, "natkeep_udp_stun_requests_rejected_total"); v != 1 {
+		t.Fatalf("rejected = %v, want 1", v)
+	}
+
+	ice := stunRequest(keepalive.NewTxID(), hostileAttr(0x0006, []byte("a:b")), hostileAttr(0x0008, make([]byte, 20)))
+	if _, err := x.Write(ice); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ICE check at the server", func() bool {
+		for _, g := range srv.received() {
+			if string(g.data) == string(ice) {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -27,7 +27,7 @@ type livePeer struct {
 	conn         *net.UDPConn
 	answering    atomic.Bool
 	echo         bool
-	randomMapped bool
+	randomMapped atomic.Bool
 
 	mu  sync.Mutex
 	got []udpRecv
@@ -62,7 +62,7 @@ func newLivePeer(t *testing.T, answering, echo bool) *livePeer {
 			if id, err := keepalive.ParseBindingRequest(d); err == nil {
 				if p.answering.Load() {
 					mapped := from
-					if p.randomMapped {
+					if p.randomMapped.Load() {
 						mapped = netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(id[0])}), uint16(id[1])<<8|uint16(id[2]))
 					}
 					_, _ = c.WriteToUDPAddrPort(keepalive.AppendBindingSuccess(nil, id, mapped), from)
@@ -411,7 +411,7 @@ func TestUDPEchoesNeverExtendFlows(t *testing.T) {
 // lines that say how many were suppressed.
 func TestUDPPerFlowLogsThrottled(t *testing.T) {
 	peer := newLivePeer(t, true, false)
-	peer.randomMapped = true
+	peer.randomMapped.Store(true)
 	o := liveSTUNOpts(100*time.Millisecond, 3, false)
 	rt := hostileRoute("127.0.0.1:0", peer.addr(), o)
 	r := hostileStart(t, rt)

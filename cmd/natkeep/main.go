@@ -63,6 +63,8 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		return healthcheck(env, stderr)
 	case "intercept":
 		return interceptCommand(args[1:], env, stdout, stderr)
+	case "demo":
+		return demo(args[1:], stdout, stderr)
 	case "":
 	default:
 		fmt.Fprintf(stderr, "natkeep: unknown command %q (want help, version or healthcheck; natkeep runs with no arguments)\n", cmd)

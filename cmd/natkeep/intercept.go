@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
 )
 
 // interceptUsage is printed for `natkeep intercept help` and on misuse.
@@ -39,7 +41,7 @@ func interceptCommand(args []string, env map[string]string, stdout, stderr io.Wr
 		fmt.Fprintf(stderr, "natkeep: intercept: want one of install, remove or show, got %q\n\n%s", args, interceptUsage)
 		return 2
 	}
-	cfg, err := loadInterceptConfig(env)
+	cfg, err := config.LoadIntercept(env)
 	if err != nil {
 		fmt.Fprintf(stderr, "natkeep: %v\n", err)
 		return 2
@@ -47,7 +49,7 @@ func interceptCommand(args []string, env map[string]string, stdout, stderr io.Wr
 	switch args[0] {
 	case "install":
 		if !cfg.Enabled() {
-			fmt.Fprintf(stderr, "natkeep: %s is empty: nothing to intercept (set it to a list such as udp:5060,tcp:10.0.0.0/8:5432)\n", interceptKey("Intercept"))
+			fmt.Fprintf(stderr, "natkeep: %s is empty: nothing to intercept (set it to a list such as udp:5060,tcp:10.0.0.0/8:5432)\n", config.VarIntercept)
 			return 2
 		}
 		err = interceptInstall(cfg, stdout)

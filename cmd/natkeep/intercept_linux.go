@@ -47,6 +47,9 @@ import (
 	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
+	"github.com/natkeep/natkeep/relay"
 )
 
 const (
@@ -75,12 +78,12 @@ func nftNATKeep() *nftables.Table {
 // policyRouting is one fwmark -> table pair with its local default routes.
 type policyRouting struct{ mark, table uint32 }
 
-func interceptInstall(cfg *interceptConfig, out io.Writer) error {
+func interceptInstall(cfg *config.Intercept, out io.Writer) error {
 	conn, _, prev, err := readInstalled()
 	if err != nil {
 		return err
 	}
-	udp := cfg.HasProto("udp")
+	udp := cfg.HasProto(relay.UDP)
 	want := policyRouting{cfg.Mark, cfg.Table}
 	// Routing first: a mark must never be set without its route. Routing
 	// that an earlier install left and this one no longer uses goes last,
@@ -100,18 +103,18 @@ func interceptInstall(cfg *interceptConfig, out io.Writer) error {
 	conn.DelTable(t)
 	conn.AddTable(t)
 	nrules := 0
-	if cfg.HasProto("tcp") {
+	if cfg.HasProto(relay.TCP) {
 		ch := conn.AddChain(&nftables.Chain{Name: chainTCP, Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest})
 		for _, r := range cfg.Rules {
-			if r.Proto != "tcp" {
+			if r.Proto != relay.TCP {
 				continue
 			}
 			e := append(matchExprs(cfg, r, unix.IPPROTO_TCP),
 				&expr.Counter{},
 				&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, cfg.TCPPort)},
 				&expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED})
-			conn.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment(r.String())})
+			conn.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment(config.InterceptEntry(r))})
 			nrules++
 		}
 	}
@@ -119,7 +122,7 @@ func interceptInstall(cfg *interceptConfig, out io.Writer) error {
 		mark := conn.AddChain(&nftables.Chain{Name: chainUDPMark, Table: t, Type: nftables.ChainTypeRoute,
 			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
 		for _, r := range cfg.Rules {
-			if r.Proto != "udp" {
+			if r.Proto != relay.UDP {
 				continue
 			}
 			// Only flows the app started: a datagram the app sends back to a
@@ -131,7 +134,7 @@ func interceptInstall(cfg *interceptConfig, out io.Writer) error {
 				&expr.Counter{},
 				&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, cfg.Mark)},
 				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
-			conn.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: e, UserData: comment(r.String())})
+			conn.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: e, UserData: comment(config.InterceptEntry(r))})
 			nrules++
 		}
 		tp := conn.AddChain(&nftables.Chain{Name: chainUDPTProxy, Table: t, Type: nftables.ChainTypeFilter,
@@ -165,8 +168,8 @@ func interceptInstall(cfg *interceptConfig, out io.Writer) error {
 	}
 
 	fmt.Fprintf(out, "natkeep: intercept installed: nftables table inet %s, %d rules for %d entries of %s\n",
-		nftTableName, nrules, len(cfg.Rules), interceptKey("Intercept"))
-	if cfg.HasProto("tcp") {
+		nftTableName, nrules, len(cfg.Rules), config.VarIntercept)
+	if cfg.HasProto(relay.TCP) {
 		fmt.Fprintf(out, "natkeep:   tcp: redirected to :%d (natkeep's transparent TCP listener)\n", cfg.TCPPort)
 	}
 	if udp {
@@ -177,7 +180,7 @@ func interceptInstall(cfg *interceptConfig, out io.Writer) error {
 	return nil
 }
 
-func interceptRemove(cfg *interceptConfig, out io.Writer) error {
+func interceptRemove(cfg *config.Intercept, out io.Writer) error {
 	conn, installed, prev, err := readInstalled()
 	if err != nil {
 		return err
@@ -210,7 +213,7 @@ func interceptRemove(cfg *interceptConfig, out io.Writer) error {
 	return nil
 }
 
-func interceptShow(cfg *interceptConfig, out io.Writer) error {
+func interceptShow(cfg *config.Intercept, out io.Writer) error {
 	conn, installed, routing, err := readInstalled()
 	if err != nil {
 		return err
@@ -273,7 +276,7 @@ func interceptShow(cfg *interceptConfig, out io.Writer) error {
 // matchExprs matches the packets rule r intercepts, minus natkeep's own:
 // [nfproto + daddr in prefix], l4proto, dport, not routed to lo, not from
 // natkeep's UID, not carrying the bypass mark. Register 1 throughout.
-func matchExprs(cfg *interceptConfig, r interceptRule, l4 byte) []expr.Any {
+func matchExprs(cfg *config.Intercept, r relay.InterceptRule, l4 byte) []expr.Any {
 	var e []expr.Any
 	if r.Prefix.IsValid() {
 		nfproto, off := byte(unix.NFPROTO_IPV4), uint32(16) // iphdr.daddr
@@ -329,7 +332,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
 
-func exemptions(cfg *interceptConfig) string {
+func exemptions(cfg *config.Intercept) string {
 	s := fmt.Sprintf("packets marked %#x", cfg.BypassMark)
 	if cfg.MatchUID {
 		s = fmt.Sprintf("UID %d, ", cfg.UID) + s

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/intercept"
 	"github.com/natkeep/natkeep/relay"
 )
 
@@ -134,7 +135,7 @@ func serve(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := relay.NewMetrics(reg)
 
-	if err := checkBypass(cfg.Intercept); err != nil {
+	if err := intercept.CheckBypass(cfg.Intercept); err != nil {
 		return startFailed(stderr, log, err)
 	}
 	r, err := relay.New(cfg.Relay, log, metrics)

@@ -1,4 +1,4 @@
-package main
+package intercept
 
 // Real-kernel tests of `natkeep intercept`: the rules are installed into the
 // client namespace of a NAT lab (the app's and natkeep's namespace), plain
@@ -23,6 +23,7 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 	"github.com/natkeep/natkeep/sockopt"
@@ -31,25 +32,30 @@ import (
 // icptWait bounds every blocking step of these tests.
 const icptWait = 5 * time.Second
 
-// icptRun runs `natkeep intercept ARGS` in this process, inside ns.
-func icptRun(t *testing.T, ns string, env map[string]string, args ...string) (int, string) {
+// icptRun runs `natkeep intercept VERB` in this process, inside ns, as
+// main does: LoadIntercept, then Install, Remove or Show.
+func icptRun(t *testing.T, ns string, env map[string]string, verb string) (string, error) {
 	t.Helper()
+	commands := map[string]func(*config.Intercept, io.Writer) error{"install": Install, "remove": Remove, "show": Show}
 	var out bytes.Buffer
-	code := -1
-	if err := natlab.InNetns(ns, func() error {
-		code = run(append([]string{"intercept"}, args...), env, &out, &out)
+	var err error
+	if nerr := natlab.InNetns(ns, func() error {
+		var cfg *config.Intercept
+		if cfg, err = config.LoadIntercept(env); err == nil {
+			err = commands[verb](cfg, &out)
+		}
 		return nil
-	}); err != nil {
-		t.Fatal(err)
+	}); nerr != nil {
+		t.Fatal(nerr)
 	}
-	return code, out.String()
+	return out.String(), err
 }
 
-func icptMustRun(t *testing.T, ns string, env map[string]string, args ...string) string {
+func icptMustRun(t *testing.T, ns string, env map[string]string, verb string) string {
 	t.Helper()
-	code, out := icptRun(t, ns, env, args...)
-	if code != 0 {
-		t.Fatalf("natkeep intercept %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	out, err := icptRun(t, ns, env, verb)
+	if err != nil {
+		t.Fatalf("natkeep intercept %s: %v\n%s", verb, err, out)
 	}
 	return out
 }
@@ -582,3 +588,7 @@ func TestInterceptIPv6(t *testing.T) {
 		t.Errorf("listener got %v -> %v (%v), want %v -> %v", src, dst, ok, u.LocalAddr(), stun)
 	}
 }
+
+// TestMain removes the natkeep build and checks that no lab namespace
+// leaked.
+func TestMain(m *testing.M) { natlab.Main(m) }

@@ -1,4 +1,4 @@
-package main
+package intercept
 
 import (
 	"fmt"
@@ -9,11 +9,11 @@ import (
 	"github.com/natkeep/natkeep/sockopt"
 )
 
-// checkBypass makes sure natkeep's own traffic escapes interception before
+// CheckBypass makes sure natkeep's own traffic escapes interception before
 // it relays anything: either it runs as NATKEEP_INTERCEPT_UID (the rules
 // exempt that UID), or it can put the bypass mark on its sockets. Otherwise
 // every upstream connection would be intercepted again and loop.
-func checkBypass(ic *config.Intercept) error {
+func CheckBypass(ic *config.Intercept) error {
 	if !ic.Enabled() {
 		return nil
 	}

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -42,6 +45,32 @@ func TestHelpCommand(t *testing.T) {
 				t.Errorf("stdout is not the help text:\n%s", out)
 			}
 		})
+	}
+}
+
+// update rewrites the golden files instead of comparing with them.
+var update = flag.Bool("update", false, "rewrite testdata/help.golden from `natkeep help`")
+
+// TestHelpGolden: `natkeep help` prints testdata/help.golden, so a change
+// of the help text shows in review (go test -run TestHelpGolden -update
+// ./cmd/natkeep/ rewrites it).
+func TestHelpGolden(t *testing.T) {
+	const golden = "testdata/help.golden"
+	_, out, _ := cliRun(t, nil, "help")
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (go test -run TestHelpGolden -update ./cmd/natkeep/ writes it)", err)
+	}
+	if out != string(want) {
+		t.Errorf("natkeep help differs from %s (rerun with -update if the change is intended):\n got:\n%s\nwant:\n%s", golden, out, want)
 	}
 }
 

@@ -254,10 +254,9 @@ func typeWord(t reflect.Type) string {
 	return t.String()
 }
 
-// ListenError turns a route listener's bind failure (a *relay.ListenError)
-// into an *Error naming where the route was configured; other errors pass
-// as they are.
+// ListenError makes a route's bind failure (*relay.ListenError) an *Error naming where the route was set.
 func (c *Config) ListenError(err error) error {
+	// Other errors pass as they are.
 	var le *relay.ListenError
 	if !errors.As(err, &le) {
 		return err

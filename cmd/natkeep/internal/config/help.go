@@ -8,10 +8,9 @@ import (
 	"text/tabwriter"
 )
 
-// Help writes `natkeep help`: usage, the route syntax and every variable
-// with its default and meaning, straight from the env struct tags, so help
-// and parser cannot disagree.
+// Help writes `natkeep help`: usage, route syntax, and every variable with its default and meaning.
 func Help(w io.Writer) {
+	// Straight from the env struct tags, so help and parser cannot disagree.
 	fmt.Fprint(w, `natkeep keeps NAT and firewall mappings alive for the applications it relays.
 
 Usage:

@@ -27,25 +27,17 @@ type interceptEnv struct {
 	Table      string `env:"INTERCEPT_TABLE" envDefault:"100" help:"policy routing table for TPROXY (local default routes to lo)"`
 }
 
-// Intercept is the validated interception setup: what `natkeep intercept
-// install` programs and what the relay's transparent listeners serve.
+// Intercept is the validated interception setup: what `intercept install` programs and transparent listeners serve.
 type Intercept struct {
-	// Rules are the NATKEEP_INTERCEPT entries in the order written; none
-	// means interception is off. Load gives each rule its options (the
-	// global defaults with the entry's overrides); LoadIntercept, which
-	// reads only the NATKEEP_INTERCEPT* variables, leaves them zero.
+	// Rules are the NATKEEP_INTERCEPT entries as written (none: off), with options only when from Load.
 	Rules []relay.InterceptRule
-	// TCPPort is the port of natkeep's transparent TCP listener (REDIRECT
-	// target); UDPPort that of the TPROXY UDP listener.
+	// TCPPort is natkeep's transparent TCP listener (REDIRECT target), UDPPort its TPROXY UDP listener.
 	TCPPort, UDPPort uint16
-	// Mark is the fwmark set on intercepted UDP packets so that policy
-	// routing sends them through lo into the TPROXY rule.
+	// Mark is the fwmark on intercepted UDP that policy routing sends through lo to the TPROXY rule.
 	Mark uint32
-	// BypassMark is the SO_MARK natkeep sets on its own sockets: packets
-	// carrying it are never intercepted.
+	// BypassMark is the SO_MARK on natkeep's own sockets: packets carrying it are never intercepted.
 	BypassMark uint32
-	// UID is natkeep's user ID, whose packets are never intercepted either;
-	// MatchUID is false when NATKEEP_INTERCEPT_UID=off.
+	// UID is natkeep's user ID, never intercepted when MatchUID (false with NATKEEP_INTERCEPT_UID=off).
 	UID      uint32
 	MatchUID bool
 	// Table is the policy routing table holding the local default routes.
@@ -182,11 +174,12 @@ func interceptRoutes(ic *Intercept, defs routeSettings) ([]relay.Route, error) {
 // interceptKey returns the variable name of an interceptEnv field.
 func interceptKey(field string) string { return envKeyOf(reflect.TypeFor[interceptEnv](), field) }
 
-// LoadIntercept parses and validates the NATKEEP_INTERCEPT* variables
-// alone. An unset or blank NATKEEP_INTERCEPT gives no rules (interception
-// off); the other variables are validated anyway, so `intercept remove`
-// and `show` find the same table and marks.
+// LoadIntercept parses and validates the NATKEEP_INTERCEPT* variables alone, leaving rule options zero.
 func LoadIntercept(environ map[string]string) (*Intercept, error) {
+	// An unset or blank NATKEEP_INTERCEPT gives no rules (interception
+	// off); the other variables are validated anyway, so `intercept
+	// remove` and `show` find the same table and marks. Load fills in the
+	// rules' options: the global defaults with each entry's overrides.
 	var ie interceptEnv
 	if err := env.ParseWithOptions(&ie, env.Options{Prefix: envPrefix, Environment: environ}); err != nil {
 		return nil, describeEnvError(err, environ, interceptKey)

@@ -9,11 +9,11 @@ import (
 	"github.com/natkeep/natkeep/sockopt"
 )
 
-// CheckBypass makes sure natkeep's own traffic escapes interception before
-// it relays anything: either it runs as NATKEEP_INTERCEPT_UID (the rules
-// exempt that UID), or it can put the bypass mark on its sockets. Otherwise
-// every upstream connection would be intercepted again and loop.
+// CheckBypass makes sure natkeep's own traffic will escape interception, before it relays anything.
 func CheckBypass(ic *config.Intercept) error {
+	// Either natkeep runs as NATKEEP_INTERCEPT_UID (the rules exempt that
+	// UID), or it can put the bypass mark on its sockets. Otherwise every
+	// upstream connection would be intercepted again and loop.
 	if !ic.Enabled() {
 		return nil
 	}

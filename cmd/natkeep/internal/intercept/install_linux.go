@@ -76,11 +76,10 @@ func nftNATKeep() *nftables.Table {
 // policyRouting is one fwmark -> table pair with its local default routes.
 type policyRouting struct{ mark, table uint32 }
 
-// Install programs the interception cfg describes into this network
-// namespace and reports what it did on out. It is idempotent: running it
-// again replaces natkeep's rules atomically, and policy routing that an
-// earlier install with other settings left is removed.
+// Install programs cfg's interception into this network namespace, idempotently, and reports it on out.
 func Install(cfg *config.Intercept, out io.Writer) error {
+	// Running it again replaces natkeep's rules atomically; policy routing
+	// that an earlier install with other settings left is removed.
 	conn, _, prev, err := readInstalled()
 	if err != nil {
 		return err
@@ -214,10 +213,10 @@ func reportInstall(out io.Writer, cfg *config.Intercept, nrules int, families []
 	fmt.Fprintf(out, "natkeep:   never intercepted: %s, packets routed to lo\n", exemptions(cfg))
 }
 
-// Remove deletes natkeep's table and the policy routing it recorded (and
-// the routing cfg names), leaving the namespace as before Install;
-// removing what is not installed is not an error.
+// Remove deletes what Install programmed, leaving the namespace as before; nothing installed is no error.
 func Remove(cfg *config.Intercept, out io.Writer) error {
+	// That is natkeep's table, the policy routing recorded in it and the
+	// routing cfg names.
 	conn, installed, prev, err := readInstalled()
 	if err != nil {
 		return err
@@ -250,9 +249,7 @@ func Remove(cfg *config.Intercept, out io.Writer) error {
 	return nil
 }
 
-// Show prints what is installed: natkeep's table, rule by rule in nft's
-// syntax, and its policy routing; or "not installed" and any leftover
-// routing.
+// Show prints natkeep's table in nft's syntax and its policy routing, or "not installed" and any leftovers.
 func Show(cfg *config.Intercept, out io.Writer) error {
 	conn, installed, routing, err := readInstalled()
 	if err != nil {

@@ -24,8 +24,8 @@ var nsPrefix = fmt.Sprintf("nk-%d-", os.Getpid())
 
 var labCounter atomic.Int64
 
-// CmdTimeout bounds every helper command that Run and TryRun start.
-const CmdTimeout = 30 * time.Second
+// cmdTimeout bounds every helper command that Run and TryRun start.
+const cmdTimeout = 30 * time.Second
 
 // Config chooses the router's conntrack timeouts.
 type Config struct {
@@ -275,7 +275,7 @@ func Exec(ctx context.Context, ns string, args ...string) (string, error) {
 }
 
 // Run runs a command inside namespace ns (ip netns exec; ns "" = the
-// test's own namespace), bounded by CmdTimeout, and returns the combined
+// test's own namespace), bounded by cmdTimeout, and returns the combined
 // output. It calls t.Fatal on error; use TryRun to handle errors yourself.
 func (l *Lab) Run(t testing.TB, ns string, args ...string) string {
 	t.Helper()
@@ -292,7 +292,7 @@ func (l *Lab) Run(t testing.TB, ns string, args ...string) string {
 
 // TryRun is Run without t.Fatal.
 func (l *Lab) TryRun(ns string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), CmdTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	return Exec(ctx, ns, args...)
 }

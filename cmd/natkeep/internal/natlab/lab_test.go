@@ -425,7 +425,7 @@ func TestLabCleanup(t *testing.T) {
 			t.Fatalf("router udp timeout %q", got)
 		}
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), CmdTimeout)
+	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
 	defer cancel()
 	out, err := Exec(ctx, "", "ip", "netns", "list")
 	if err != nil {

@@ -135,41 +135,49 @@ func replaceTable(conn *nftables.Conn, cfg *config.Intercept) int {
 func addTCPRedirect(conn *nftables.Conn, t *nftables.Table, cfg *config.Intercept) int {
 	ch := conn.AddChain(&nftables.Chain{Name: chainTCP, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest})
-	n := 0
-	for _, r := range cfg.Rules {
-		if r.Proto != relay.TCP {
-			continue
-		}
-		e := append(matchExprs(cfg, r, unix.IPPROTO_TCP),
+	return addRules(conn, t, ch, cfg, relay.TCP, func() []expr.Any {
+		return []expr.Any{
 			&expr.Counter{},
 			&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, cfg.TCPPort)},
-			&expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED})
-		conn.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment(config.InterceptEntry(r))})
-		n++
-	}
-	return n
+			&expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED},
+		}
+	})
 }
 
 // addUDPMark adds the route OUTPUT chain that marks every udp rule's
 // traffic, so policy routing sends it through lo into the tproxy chain.
 func addUDPMark(conn *nftables.Conn, t *nftables.Table, cfg *config.Intercept) int {
-	mark := conn.AddChain(&nftables.Chain{Name: chainUDPMark, Table: t, Type: nftables.ChainTypeRoute,
+	ch := conn.AddChain(&nftables.Chain{Name: chainUDPMark, Table: t, Type: nftables.ChainTypeRoute,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
-	n := 0
-	for _, r := range cfg.Rules {
-		if r.Proto != relay.UDP {
-			continue
-		}
+	return addRules(conn, t, ch, cfg, relay.UDP, func() []expr.Any {
 		// Only flows the app started: a datagram the app sends back to a
 		// peer that contacted it (a SIP server answering from 5060 to
 		// 5060) is in the reply direction and is left alone.
-		e := append(matchExprs(cfg, r, unix.IPPROTO_UDP),
+		return []expr.Any{
 			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
 			&expr.Counter{},
 			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, cfg.Mark)},
-			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
-		conn.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: e, UserData: comment(config.InterceptEntry(r))})
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		}
+	})
+}
+
+// addRules adds to ch, for every rule of cfg of proto, a rule that matches
+// its traffic (matchExprs) and then does action; each is commented with its
+// NATKEEP_INTERCEPT entry. It returns how many it added.
+func addRules(conn *nftables.Conn, t *nftables.Table, ch *nftables.Chain, cfg *config.Intercept, proto relay.Proto, action func() []expr.Any) int {
+	l4 := byte(unix.IPPROTO_UDP)
+	if proto == relay.TCP {
+		l4 = unix.IPPROTO_TCP
+	}
+	n := 0
+	for _, r := range cfg.Rules {
+		if r.Proto != proto {
+			continue
+		}
+		e := append(matchExprs(cfg, r, l4), action()...)
+		conn.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment(config.InterceptEntry(r))})
 		n++
 	}
 	return n

@@ -364,6 +364,24 @@ func TestInterceptTCPRedirect(t *testing.T) {
 	icptExpectNoAccept(t, natkeep, "loopback")
 }
 
+// icptTProxyListener stands in for natkeep's TPROXY listener: a UDP socket
+// in ns that receives each datagram's original destination.
+func icptTProxyListener(t *testing.T, ns, network, addr string) *net.UDPConn {
+	t.Helper()
+	var ln *net.UDPConn
+	if err := natlab.InNetns(ns, func() error {
+		pc, err := (&net.ListenConfig{Control: sockopt.RecvOrigDstControl}).ListenPacket(context.Background(), network, addr)
+		if err == nil {
+			ln = pc.(*net.UDPConn)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
 // TestInterceptUDPTProxy: an app's datagram to a matching destination lands
 // on natkeep's transparent listener with its original destination; a reply
 // from a transparent socket bound to that destination reaches the app from
@@ -373,17 +391,7 @@ func TestInterceptUDPTProxy(t *testing.T) {
 	icptMustRun(t, l.Client, icptEnv("NATKEEP_INTERCEPT", "udp:5060,udp:10.0.0.0/8:3478"), "install")
 	t.Cleanup(func() { icptRun(t, l.Client, nil, "remove") })
 
-	var ln *net.UDPConn // stands in for natkeep's TPROXY listener
-	if err := natlab.InNetns(l.Client, func() error {
-		pc, err := (&net.ListenConfig{Control: sockopt.RecvOrigDstControl}).ListenPacket(context.Background(), "udp", ":15002")
-		if err == nil {
-			ln = pc.(*net.UDPConn)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := icptTProxyListener(t, l.Client, "udp", ":15002")
 	server := l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5060).String())
 	orig := netip.AddrPortFrom(l.ServerAddr, 5060)
 
@@ -561,17 +569,7 @@ func TestInterceptIPv6(t *testing.T) {
 	icptExpectAccept(t, server4, "IPv4 to the same port")
 	icptExpectNoAccept(t, natkeep, "IPv4 to the same port")
 
-	var ln *net.UDPConn
-	if err := natlab.InNetns(l.Client, func() error {
-		pc, err := (&net.ListenConfig{Control: sockopt.RecvOrigDstControl}).ListenPacket(context.Background(), "udp6", "[::]:15002")
-		if err == nil {
-			ln = pc.(*net.UDPConn)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := icptTProxyListener(t, l.Client, "udp6", "[::]:15002")
 	stun := netip.AddrPortFrom(l.ServerAddr6, 3478)
 	u := l.DialUDP(t, l.Client, stun.String())
 	if _, err := u.Write([]byte("BIND")); err != nil {

@@ -107,24 +107,22 @@ func (c *Intercept) settings(i int, defs routeSettings) (routeSettings, error) {
 // udpOptions is the relay configuration of udp rule i: the global defaults
 // with the entry's overrides, validated; errors name the entry.
 func (c *Intercept) udpOptions(i int, defs routeSettings) (relay.UDPOptions, error) {
-	s, err := c.settings(i, defs)
-	if err != nil {
-		return relay.UDPOptions{}, err
-	}
-	o, err := s.udp()
-	if err != nil {
-		return o, c.fail(i, err)
-	}
-	return o, nil
+	return ruleOptions(c, i, defs, routeSettings.udp)
 }
 
 // tcpOptions is udpOptions for a tcp rule.
 func (c *Intercept) tcpOptions(i int, defs routeSettings) (relay.TCPOptions, error) {
+	return ruleOptions(c, i, defs, routeSettings.tcp)
+}
+
+// ruleOptions applies rule i's overrides to defs and builds the options.
+func ruleOptions[O any](c *Intercept, i int, defs routeSettings, build func(routeSettings) (O, error)) (O, error) {
 	s, err := c.settings(i, defs)
 	if err != nil {
-		return relay.TCPOptions{}, err
+		var zero O
+		return zero, err
 	}
-	o, err := s.tcp()
+	o, err := build(s)
 	if err != nil {
 		return o, c.fail(i, err)
 	}

@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
 	"github.com/natkeep/natkeep/relay"
 )
 
@@ -43,15 +43,14 @@ func newAdminServer(h http.Handler) *http.Server {
 }
 
 // startAdmin binds addr and serves h on it in the background; nil, nil when
-// addr is empty (admin server off). An address that cannot be bound is a
-// configuration error naming the variable.
+// addr is empty (admin server off).
 func startAdmin(addr string, h http.Handler, log *slog.Logger) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, errorf("%s=%q: listen %s: %v", envKey("AdminAddr"), addr, addr, bindCause(err))
+		return nil, err
 	}
 	srv := newAdminServer(h)
 	go func() {
@@ -60,20 +59,6 @@ func startAdmin(addr string, h http.Handler, log *slog.Logger) (*http.Server, er
 		}
 	}()
 	return srv, nil
-}
-
-// bindCause is a bind failure without the operation, address and syscall
-// name that net wraps it in, which the message says already.
-func bindCause(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) {
-		err = op.Err
-	}
-	var sc *os.SyscallError
-	if errors.As(err, &sc) {
-		err = sc.Err
-	}
-	return err
 }
 
 // adminHandler serves /metrics, /healthz (alive) and /readyz (every
@@ -98,17 +83,17 @@ func adminHandler(reg *prometheus.Registry, r *relay.Relay) http.Handler {
 // status: 0 ready, 1 not. It exists so an image without a shell or curl can
 // run a Docker HEALTHCHECK or a Kubernetes exec probe.
 func healthcheck(env map[string]string, stderr io.Writer) int {
-	addr, set := env[envKey("AdminAddr")]
+	addr, set := env[config.VarAdminAddr]
 	if !set {
-		addr = defaultAdminAddr
+		addr = config.DefaultAdminAddr
 	}
 	if addr == "" || addr == "off" {
-		fmt.Fprintf(stderr, "natkeep healthcheck: %s is disabled; nothing to probe\n", envKey("AdminAddr"))
+		fmt.Fprintf(stderr, "natkeep healthcheck: %s is disabled; nothing to probe\n", config.VarAdminAddr)
 		return 1
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		fmt.Fprintf(stderr, "natkeep healthcheck: %s=%q: %v\n", envKey("AdminAddr"), addr, err)
+		fmt.Fprintf(stderr, "natkeep healthcheck: %s=%q: %v\n", config.VarAdminAddr, addr, err)
 		return 1
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {

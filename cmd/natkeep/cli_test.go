@@ -2,17 +2,18 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
-	"regexp"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/natkeep/natkeep/relay"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
 )
 
 // cliRun calls run and returns the exit status and both outputs.
@@ -26,17 +27,11 @@ func cliRun(t *testing.T, env map[string]string, args ...string) (int, string, s
 	return code, stdout.String(), stderr.String()
 }
 
-// cliHelpDefault is the default help shows for a variable: the envDefault
-// tag, or a description where the default is computed.
-var cliHelpDefault = map[string]string{
-	"ROUTES":              "(required)",
-	"ADMIN_ADDR":          ":9299",
-	"TCP_USER_TIMEOUT":    "idle+interval*count",
-	"UDP_HEARTBEAT_REPLY": "(by payload)",
-	"INTERCEPT":           "(off)",
-}
-
-func TestHelpListsEveryVariable(t *testing.T) {
+// TestHelpCommand: every spelling of help prints config.Help (whose
+// content the config package checks) on stdout and exits 0.
+func TestHelpCommand(t *testing.T) {
+	var want strings.Builder
+	config.Help(&want)
 	for _, arg := range []string{"help", "-h", "-help", "--help"} {
 		t.Run(arg, func(t *testing.T) {
 			code, out, errOut := cliRun(t, nil, arg)
@@ -46,70 +41,36 @@ func TestHelpListsEveryVariable(t *testing.T) {
 			if errOut != "" {
 				t.Errorf("stderr %q, want nothing", errOut)
 			}
-			typ := reflect.TypeFor[envConfig]()
-			if typ.NumField() < 19 {
-				t.Fatalf("envConfig has only %d fields", typ.NumField())
-			}
-			total := 0
-			for _, typ := range []reflect.Type{typ, reflect.TypeFor[interceptEnv]()} {
-				total += typ.NumField()
-				for i := range typ.NumField() {
-					f := typ.Field(i)
-					key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-					if key == "" {
-						t.Errorf("field %s has no env tag", f.Name)
-						continue
-					}
-					def, ok := cliHelpDefault[key]
-					if !ok {
-						def, ok = f.Tag.Lookup("envDefault")
-					}
-					if !ok || def == "" {
-						t.Errorf("field %s (%s) has no default to show", f.Name, key)
-						continue
-					}
-					help := f.Tag.Get("help")
-					if help == "" {
-						t.Errorf("field %s (%s) has no help tag", f.Name, key)
-					}
-					// One line per variable: name, default, help, separated by
-					// tabwriter padding.
-					re := regexp.MustCompile(`(?m)^  NATKEEP_` + regexp.QuoteMeta(key) + ` +` + regexp.QuoteMeta(def) + ` +` + regexp.QuoteMeta(help) + `$`)
-					if !re.MatchString(out) {
-						t.Errorf("help has no line for NATKEEP_%s with default %q and its help text", key, def)
-					}
-				}
-			}
-			// No variable is printed that envConfig does not have.
-			names := regexp.MustCompile(`(?m)^  (NATKEEP_[A-Z_]+) `).FindAllStringSubmatch(out, -1)
-			if len(names) != total {
-				t.Errorf("help lists %d variable lines, envConfig and interceptEnv have %d fields", len(names), total)
+			if out != want.String() {
+				t.Errorf("stdout is not the help text:\n%s", out)
 			}
 		})
 	}
 }
 
-func TestHelpListsRouteKeys(t *testing.T) {
+// update rewrites the golden files instead of comparing with them.
+var update = flag.Bool("update", false, "rewrite testdata/help.golden from `natkeep help`")
+
+// TestHelpGolden: `natkeep help` prints testdata/help.golden, so a change
+// of the help text shows in review (go test -run TestHelpGolden -update
+// ./cmd/natkeep/ rewrites it).
+func TestHelpGolden(t *testing.T) {
+	const golden = "testdata/help.golden"
 	_, out, _ := cliRun(t, nil, "help")
-	lines := map[relay.Proto]string{}
-	for _, l := range strings.Split(out, "\n") {
-		l = strings.TrimSpace(l)
-		if p, rest, ok := strings.Cut(l, ": "); ok && (p == "udp" || p == "tcp") {
-			lines[relay.Proto(p)] = " " + rest + " "
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if len(lines) != 2 {
-		t.Fatalf("help has no udp:/tcp: key lines:\n%s", out)
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (go test -run TestHelpGolden -update ./cmd/natkeep/ writes it)", err)
 	}
-	for key, qk := range queryKeys {
-		if !strings.Contains(lines[qk.proto], " "+key+" ") {
-			t.Errorf("help line for %s keys does not list %q: %q", qk.proto, key, lines[qk.proto])
-		}
-	}
-	for _, want := range []string{"NATKEEP_ROUTES", "PROTO://LISTEN/UPSTREAM", "text:a%2Cb", "natkeep healthcheck", "/readyz"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("help does not mention %q", want)
-		}
+	if out != string(want) {
+		t.Errorf("natkeep help differs from %s (rerun with -update if the change is intended):\n got:\n%s\nwant:\n%s", golden, out, want)
 	}
 }
 
@@ -312,5 +273,34 @@ func TestHealthcheckIgnoresRoutes(t *testing.T) {
 	code, _, errOut := cliRun(t, map[string]string{"NATKEEP_ADMIN_ADDR": addr, "NATKEEP_ROUTES": "garbage"}, "healthcheck")
 	if code != 0 {
 		t.Errorf("exit %d, want 0 (stderr %q)", code, errOut)
+	}
+}
+
+func TestInterceptCLIUsage(t *testing.T) {
+	for _, tt := range []struct {
+		args     []string
+		env      map[string]string
+		code     int
+		out, err string // substrings; "" = must be empty
+	}{
+		{[]string{"intercept", "help"}, nil, 0, "usage: natkeep intercept install|remove|show", ""},
+		{[]string{"intercept", "--help"}, nil, 0, "usage: natkeep intercept install|remove|show", ""},
+		{[]string{"intercept"}, nil, 2, "", `natkeep: intercept: want one of install, remove or show, got []`},
+		{[]string{"intercept", "add"}, nil, 2, "", `natkeep: intercept: want one of install, remove or show, got ["add"]`},
+		{[]string{"intercept", "install", "now"}, nil, 2, "", `got ["install" "now"]`},
+		{[]string{"intercept", "install"}, nil, 2, "", "natkeep: NATKEEP_INTERCEPT is empty: nothing to intercept (set it to a list such as udp:5060,tcp:10.0.0.0/8:5432)\n"},
+		{[]string{"intercept", "install"}, map[string]string{"NATKEEP_INTERCEPT": "udp:0"}, 2, "", "natkeep: NATKEEP_INTERCEPT entry 1 \"udp:0\": port 0 out of range 1..65535\n"},
+		{[]string{"intercept", "remove"}, map[string]string{"NATKEEP_INTERCEPT_TABLE": "254"}, 2, "", `natkeep: NATKEEP_INTERCEPT_TABLE="254": that is the kernel's main table`},
+	} {
+		code, out, errOut := cliRun(t, tt.env, tt.args...)
+		if code != tt.code {
+			t.Errorf("%v: exit %d, want %d (stderr %q)", tt.args, code, tt.code, errOut)
+		}
+		if tt.out == "" && out != "" || !strings.Contains(out, tt.out) {
+			t.Errorf("%v: stdout %q, want it to contain %q", tt.args, out, tt.out)
+		}
+		if tt.err == "" && errOut != "" || !strings.Contains(errOut, tt.err) {
+			t.Errorf("%v: stderr %q, want it to contain %q", tt.args, errOut, tt.err)
+		}
 	}
 }

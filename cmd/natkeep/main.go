@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/intercept"
 	"github.com/natkeep/natkeep/relay"
 )
 
@@ -54,7 +56,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "help", "-h", "-help", "--help":
-		printHelp(stdout)
+		config.Help(stdout)
 		return 0
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionString())
@@ -71,7 +73,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	cfg, err := loadConfig(env)
+	cfg, err := config.Load(env)
 	if err != nil {
 		fmt.Fprintf(stderr, "natkeep: %v\n", err)
 		return 2
@@ -105,9 +107,9 @@ func versionString() string {
 
 // newLogger builds the slog logger: tint for humans on a terminal, JSON for
 // log collectors otherwise.
-func newLogger(cfg *config, env map[string]string, w io.Writer) *slog.Logger {
+func newLogger(cfg *config.Config, env map[string]string, w io.Writer) *slog.Logger {
 	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated in loadConfig
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by config.Load
 	format := cfg.LogFormat
 	tty := false
 	if f, ok := w.(*os.File); ok {
@@ -130,12 +132,12 @@ func newLogger(cfg *config, env map[string]string, w io.Writer) *slog.Logger {
 }
 
 // serve runs the relay and the admin server until a signal, then drains.
-func serve(cfg *config, log *slog.Logger, stderr io.Writer) int {
+func serve(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := relay.NewMetrics(reg)
 
-	if err := checkBypass(cfg.Intercept); err != nil {
+	if err := intercept.CheckBypass(cfg.Intercept); err != nil {
 		return startFailed(stderr, log, err)
 	}
 	r, err := relay.New(cfg.Relay, log, metrics)
@@ -150,13 +152,13 @@ func serve(cfg *config, log *slog.Logger, stderr io.Writer) int {
 	admin, err := startAdmin(cfg.AdminAddr, adminHandler(reg, r), log)
 	if err != nil {
 		r.Close()
-		return startFailed(stderr, log, err)
+		return startFailed(stderr, log, cfg.AdminListenError(err))
 	}
 	if err := r.Start(); err != nil {
 		if admin != nil {
 			admin.Close()
 		}
-		return startFailed(stderr, log, listenFailure(cfg, err))
+		return startFailed(stderr, log, cfg.ListenError(err))
 	}
 	logStart(log, cfg, r)
 	warnLimits(log, cfg.Relay.Routes)
@@ -206,7 +208,7 @@ func ignoreHangup(log *slog.Logger) {
 // is one line on stderr and status 2, as for a bad variable; anything else
 // is logged and status 1.
 func startFailed(stderr io.Writer, log *slog.Logger, err error) int {
-	var ce *configError
+	var ce *config.Error
 	if errors.As(err, &ce) {
 		fmt.Fprintf(stderr, "natkeep: %v\n", err)
 		return 2
@@ -215,18 +217,8 @@ func startFailed(stderr io.Writer, log *slog.Logger, err error) int {
 	return 1
 }
 
-// listenFailure turns a route listener's bind failure into a configuration
-// error naming where the route was configured; other errors pass as they are.
-func listenFailure(cfg *config, err error) error {
-	var le *relay.ListenError
-	if !errors.As(err, &le) {
-		return err
-	}
-	return errorf("%s: listen %s: %v", routeOrigin(cfg, le.Index), le.Route.Listen, le.Err)
-}
-
 // logStart writes the one start-up line with the effective configuration.
-func logStart(log *slog.Logger, cfg *config, r *relay.Relay) {
+func logStart(log *slog.Logger, cfg *config.Config, r *relay.Relay) {
 	routes := make([]any, 0, len(cfg.Relay.Routes))
 	addrs := r.Addrs()
 	for i, rt := range cfg.Relay.Routes {

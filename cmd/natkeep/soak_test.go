@@ -17,6 +17,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -29,6 +30,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 )
 
 const (
@@ -121,74 +125,59 @@ type soakServer struct {
 	tcpPorts   map[uint16]bool
 }
 
-func (s *soakServer) serveUDP() {
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := s.udp.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		f := strings.Fields(string(buf[:n]))
-		s.mu.Lock()
-		switch {
-		case n == 0:
-			if _, ok := s.byAddr[from]; ok {
-				s.heartbeats++
-			} else {
-				s.strangers++
-			}
-		case len(f) == 2 && f[0] == "hello":
-			i, err := strconv.Atoi(f[1])
-			if err != nil || i < 0 || i >= len(s.mapped) {
-				s.strangers++
-				break
-			}
-			if old := s.mapped[i]; old.IsValid() && old != from {
-				s.remaps = append(s.remaps, fmt.Sprintf("flow %d: %v then %v", i, old, from))
-			}
-			s.mapped[i] = from
-			s.byAddr[from] = i
-			s.mu.Unlock()
-			_, _ = s.udp.WriteToUDPAddrPort([]byte("welcome "+f[1]), from)
-			continue
-		default:
+// datagram handles one datagram at the server: a flow's hello (recorded
+// and welcomed), a heartbeat, or a stranger's.
+func (s *soakServer) datagram(from netip.AddrPort, data []byte) {
+	f := strings.Fields(string(data))
+	s.mu.Lock()
+	switch {
+	case len(data) == 0:
+		if _, ok := s.byAddr[from]; ok {
+			s.heartbeats++
+		} else {
 			s.strangers++
 		}
+	case len(f) == 2 && f[0] == "hello":
+		i, err := strconv.Atoi(f[1])
+		if err != nil || i < 0 || i >= len(s.mapped) {
+			s.strangers++
+			break
+		}
+		if old := s.mapped[i]; old.IsValid() && old != from {
+			s.remaps = append(s.remaps, fmt.Sprintf("flow %d: %v then %v", i, old, from))
+		}
+		s.mapped[i] = from
+		s.byAddr[from] = i
 		s.mu.Unlock()
+		_, _ = s.udp.WriteToUDPAddrPort([]byte("welcome "+f[1]), from)
+		return
+	default:
+		s.strangers++
 	}
+	s.mu.Unlock()
 }
 
-func (s *soakServer) serveTCP(ln *net.TCPListener) {
-	for {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			return
-		}
-		go func() {
-			br := bufio.NewReader(c)
-			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			line, err := br.ReadString('\n')
-			f := strings.Fields(line)
-			if err != nil || len(f) != 2 || f[0] != "hello" {
-				_ = c.Close()
-				return
-			}
-			j, err := strconv.Atoi(f[1])
-			if err != nil || j < 0 || j >= len(s.tcp) {
-				_ = c.Close()
-				return
-			}
-			_ = c.SetReadDeadline(time.Time{})
-			s.mu.Lock()
-			s.tcp[j] = c
-			s.tcpPorts[uint16(c.RemoteAddr().(*net.TCPAddr).Port)] = true
-			s.mu.Unlock()
-			_, _ = c.Write([]byte("welcome " + f[1] + "\n"))
-		}()
+// conn records a TCP connection by its hello, welcomes it and holds it
+// open (the app sends nothing more) until it is closed.
+func (s *soakServer) conn(c *net.TCPConn) {
+	br := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	line, err := br.ReadString('\n')
+	f := strings.Fields(line)
+	if err != nil || len(f) != 2 || f[0] != "hello" {
+		return
 	}
+	j, err := strconv.Atoi(f[1])
+	if err != nil || j < 0 || j >= len(s.tcp) {
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	s.mu.Lock()
+	s.tcp[j] = c
+	s.tcpPorts[uint16(c.RemoteAddr().(*net.TCPAddr).Port)] = true
+	s.mu.Unlock()
+	_, _ = c.Write([]byte("welcome " + f[1] + "\n"))
+	_, _ = io.Copy(io.Discard, br)
 }
 
 // soakPush is one scheduled push.
@@ -236,7 +225,7 @@ func TestSoakNAT(t *testing.T) {
 	if dl, ok := t.Deadline(); ok && time.Until(dl) < dur+2*time.Minute {
 		t.Fatalf("%v left before the test timeout, too little for a %v soak: run with -timeout %v or more", time.Until(dl).Round(time.Second), dur, (dur + 5*time.Minute).Round(time.Minute))
 	}
-	labSkipUnlessCapable(t, false)
+	natlab.SkipUnlessCapable(t, false)
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 16384 {
 		want := min(lim.Max, 65536)
@@ -251,40 +240,30 @@ func TestSoakNAT(t *testing.T) {
 		t.Cleanup(func() { lim.Cur = old; _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
 	}
 
-	l := newNATLab(t, labConfig{UDPTimeout: 3 * time.Second, UDPStreamTimeout: 3 * time.Second, TCPEstablishedTimeout: 3 * time.Second})
-	udpEvents := l.conntrackEvents(t, "udp")
-	tcpEvents := l.conntrackEvents(t, "tcp")
+	l := natlab.New(t, natlab.Config{UDPTimeout: 3 * time.Second, UDPStreamTimeout: 3 * time.Second, TCPEstablishedTimeout: 3 * time.Second})
+	udpEvents := l.ConntrackEvents(t, "udp")
+	tcpEvents := l.ConntrackEvents(t, "tcp")
 	srv := &soakServer{mapped: make([]netip.AddrPort, soakUDPFlows), byAddr: map[netip.AddrPort]int{},
 		tcp: make([]*net.TCPConn, soakTCPConns), tcpPorts: map[uint16]bool{}}
-	srv.udp = l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9000).String())
+	srv.udp = l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9000).String())
 	_ = srv.udp.SetReadBuffer(4 << 20)
-	go srv.serveUDP()
-	ln := l.listenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9100).String())
-	go srv.serveTCP(ln)
-	t.Cleanup(func() {
-		srv.mu.Lock()
-		defer srv.mu.Unlock()
-		for _, c := range srv.tcp {
-			if c != nil {
-				_ = c.Close()
-			}
-		}
-	})
+	nktest.ServeUDP(t, srv.udp, srv.datagram)
+	nktest.ServeTCP(t, l.ListenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9100).String()), srv.conn)
 	routes := fmt.Sprintf("udp://127.0.0.1:5000/%s,tcp://127.0.0.1:5100/%s", netip.AddrPortFrom(l.ServerAddr, 9000), netip.AddrPortFrom(l.ServerAddr, 9100))
 	nk := startNatkeep(t, l, "NATKEEP_ROUTES="+routes, "NATKEEP_LOG_LEVEL=info", "NATKEEP_UDP_HEARTBEAT_INTERVAL=1s",
 		"NATKEEP_TCP_KEEPALIVE_IDLE=1s", "NATKEEP_TCP_KEEPALIVE_INTERVAL=1s", "NATKEEP_TCP_KEEPALIVE_COUNT=3")
-	admin := nsHTTPClient(t, l, l.Client)
+	admin := l.HTTPClient(l.Client)
 	sample := func() soakSample {
-		f := scrapeWith(t, admin, "127.0.0.1:9299")
-		return soakSample{at: time.Now(), goroutines: metricValue(f, "go_goroutines", nil),
-			rss: metricValue(f, "process_resident_memory_bytes", nil), cpu: faultCPU(t, nk.Pid())}
+		f := nktest.Scrape(t, admin, "127.0.0.1:9299")
+		return soakSample{at: time.Now(), goroutines: nktest.Value(f, "go_goroutines", nil),
+			rss: nktest.Value(f, "process_resident_memory_bytes", nil), cpu: nk.CPUTime(t)}
 	}
 	setupStart := time.Now()
 
 	// The app's UDP flows: each says hello once (resent until welcomed).
 	udpApps := make([]*soakUDPApp, soakUDPFlows)
 	for i := range udpApps {
-		a := &soakUDPApp{idx: i, conn: l.dialUDP(t, l.Client, "127.0.0.1:5000"), got: map[int]int{}}
+		a := &soakUDPApp{idx: i, conn: l.DialUDP(t, l.Client, "127.0.0.1:5000"), got: map[int]int{}}
 		_ = a.conn.SetReadBuffer(256 << 10)
 		udpApps[i] = a
 		go a.read()
@@ -315,7 +294,7 @@ func TestSoakNAT(t *testing.T) {
 	// The app's TCP connections.
 	tcpApps := make([]*soakTCPApp, soakTCPConns)
 	for j := range tcpApps {
-		a := &soakTCPApp{idx: j, conn: l.dialTCP(t, l.Client, "127.0.0.1:5100"), welcomed: make(chan struct{})}
+		a := &soakTCPApp{idx: j, conn: l.DialTCP(t, l.Client, "127.0.0.1:5100"), welcomed: make(chan struct{})}
 		tcpApps[j] = a
 		go a.read()
 		if _, err := a.conn.Write([]byte(fmt.Sprintf("hello %d\n", j))); err != nil {
@@ -374,7 +353,7 @@ func TestSoakNAT(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			rss, _ := faultMem(t, nk.Pid())
+			rss, _ := nk.Memory(t)
 			seriesMu.Lock()
 			series = append(series, fmt.Sprintf("%ds:%.1f", int(time.Since(start).Seconds()), float64(rss)/(1<<20)))
 			seriesMu.Unlock()
@@ -480,8 +459,8 @@ func TestSoakNAT(t *testing.T) {
 		}
 		a.mu.Unlock()
 	}
-	udpDestroys := udpEvents.count("DESTROY", "dst="+l.ServerAddr.String(), "dport=9000")
-	tcpDestroys := tcpEvents.count("DESTROY", "dst="+l.ServerAddr.String(), "dport=9100")
+	udpDestroys := udpEvents.Count("DESTROY", "dst="+l.ServerAddr.String(), "dport=9000")
+	tcpDestroys := tcpEvents.Count("DESTROY", "dst="+l.ServerAddr.String(), "dport=9100")
 	enobufs := strings.Contains(udpEvents.Output()+tcpEvents.Output(), "ENOBUFS")
 
 	// The router still holds every mapping, with the ports the server saw.
@@ -490,10 +469,10 @@ func TestSoakNAT(t *testing.T) {
 	// shows it.
 	ctUDP, ctTCP := map[uint16]bool{}, map[uint16]bool{}
 	for range 3 {
-		for p := range soakConntrackPorts(l.conntrackList(t, "udp"), "9000") {
+		for p := range soakConntrackPorts(l.ConntrackList(t, "udp"), "9000") {
 			ctUDP[p] = true
 		}
-		for p := range soakConntrackPorts(l.conntrackList(t, "tcp"), "9100") {
+		for p := range soakConntrackPorts(l.ConntrackList(t, "tcp"), "9100") {
 			ctTCP[p] = true
 		}
 	}
@@ -515,12 +494,12 @@ func TestSoakNAT(t *testing.T) {
 	heartbeats, strangers, remaps := srv.heartbeats, srv.strangers, slices.Clone(srv.remaps)
 	srv.mu.Unlock()
 
-	f := scrapeWith(t, admin, "127.0.0.1:9299")
+	f := nktest.Scrape(t, admin, "127.0.0.1:9299")
 	var udpL, tcpL map[string]string // every route: the metric names say the protocol
-	flowsActive := metricValue(f, "natkeep_udp_flows_active", udpL)
-	flowsCreated := metricValue(f, "natkeep_udp_flows_created_total", udpL)
-	connsActive := metricValue(f, "natkeep_tcp_connections_active", tcpL)
-	connsTotal := metricValue(f, "natkeep_tcp_connections_total", tcpL)
+	flowsActive := nktest.Value(f, "natkeep_udp_flows_active", udpL)
+	flowsCreated := nktest.Value(f, "natkeep_udp_flows_created_total", udpL)
+	connsActive := nktest.Value(f, "natkeep_tcp_connections_active", tcpL)
+	connsTotal := nktest.Value(f, "natkeep_tcp_connections_total", tcpL)
 	var drops []string
 	if fam := f["natkeep_udp_drops_total"]; fam != nil {
 		for _, m := range fam.GetMetric() {
@@ -534,8 +513,8 @@ func TestSoakNAT(t *testing.T) {
 		}
 	}
 
-	warns := nk.grep(`"level":"WARN"`)
-	errs := nk.grep(`"level":"ERROR"`)
+	warns := nk.Grep(`"level":"WARN"`)
+	errs := nk.Grep(`"level":"ERROR"`)
 	t.Logf("soak %v: %d UDP flows, %d TCP connections; pushes %d UDP + %d TCP = %d; lost %d UDP, %d TCP; duplicates %d; misdelivered/garbled %d; send errors %d",
 		dur, soakUDPFlows, soakTCPConns, soakUDPFlows*nUDP, soakTCPConns*nTCP, len(plan), udpLost, tcpLost, dups, wrong, len(sendErrs))
 	t.Logf("natkeep at warm-up end (+%v): %v goroutines, RSS %s; at the end: %v goroutines, RSS %s; CPU %v over %v",

@@ -11,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 )
 
 // TestBinaryAddressInUseExits2: an address natkeep cannot bind, the admin
@@ -24,7 +27,7 @@ func TestBinaryAddressInUseExits2(t *testing.T) {
 	}
 	defer ln.Close()
 	taken := ln.Addr().String()
-	udpRoute := fmt.Sprintf("udp://127.0.0.1:%d/127.0.0.1:9", freePort(t, "udp"))
+	udpRoute := fmt.Sprintf("udp://127.0.0.1:%d/127.0.0.1:9", nktest.FreePort(t, "udp"))
 	tcpRoute := fmt.Sprintf("tcp://%s/127.0.0.1:9", taken)
 	for _, tc := range []struct {
 		name string
@@ -33,13 +36,13 @@ func TestBinaryAddressInUseExits2(t *testing.T) {
 	}{
 		{"admin address", []string{"NATKEEP_ROUTES=" + udpRoute, "NATKEEP_ADMIN_ADDR=" + taken},
 			fmt.Sprintf("natkeep: NATKEEP_ADMIN_ADDR=%q: listen %s: address already in use\n", taken, taken)},
-		{"route listen address", []string{"NATKEEP_ROUTES=" + udpRoute + "," + tcpRoute, fmt.Sprintf("NATKEEP_ADMIN_ADDR=127.0.0.1:%d", freePort(t, "tcp"))},
+		{"route listen address", []string{"NATKEEP_ROUTES=" + udpRoute + "," + tcpRoute, fmt.Sprintf("NATKEEP_ADMIN_ADDR=127.0.0.1:%d", nktest.FreePort(t, "tcp"))},
 			fmt.Sprintf("natkeep: NATKEEP_ROUTES entry 2 %q: listen %s: address already in use\n", tcpRoute, taken)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, natkeepBinary(t))
+			cmd := exec.CommandContext(ctx, natlab.NatkeepBinary(t))
 			cmd.Env = append(os.Environ(), tc.env...)
 			out, err := cmd.CombinedOutput()
 			ee, ok := err.(*exec.ExitError)
@@ -57,24 +60,10 @@ func TestBinaryAddressInUseExits2(t *testing.T) {
 // logged at info and ignored: natkeep keeps relaying, and SIGTERM still
 // drains and exits 0.
 func TestBinarySIGHUPIgnored(t *testing.T) {
-	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	port := freePort(t, "udp")
+	echo := nktest.EchoUDP(t, nktest.LoopbackUDP(t))
+	port := nktest.FreePort(t, "udp")
 	nk := startHost(t, fmt.Sprintf("NATKEEP_ROUTES=udp://127.0.0.1:%d/%s", port, echo.LocalAddr()), "NATKEEP_ADMIN_ADDR=off")
-	if !nk.waitFor(20*time.Second, `"msg":"natkeep started"`) {
+	if !nk.WaitFor(20*time.Second, `"msg":"natkeep started"`) {
 		t.Fatalf("not started:\n%s", nk.Output())
 	}
 	app, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
@@ -99,7 +88,7 @@ func TestBinarySIGHUPIgnored(t *testing.T) {
 	if err := nk.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	if !nk.waitFor(10*time.Second, `"level":"INFO"`, `"msg":"SIGHUP ignored: configuration is environment-only, nothing to reload"`) {
+	if !nk.WaitFor(10*time.Second, `"level":"INFO"`, `"msg":"SIGHUP ignored: configuration is environment-only, nothing to reload"`) {
 		t.Fatalf("no SIGHUP line logged (exited: %v):\n%s", nk.Exited(), nk.Output())
 	}
 	roundTrip("after SIGHUP")

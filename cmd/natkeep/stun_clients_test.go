@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 	"github.com/natkeep/natkeep/keepalive"
 )
 
@@ -36,7 +38,7 @@ var pionBuild struct {
 }
 
 func pionSTUNClient(t *testing.T) (string, error) {
-	dir := filepath.Dir(natkeepBinary(t))
+	dir := filepath.Dir(natlab.NatkeepBinary(t))
 	pionBuild.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
@@ -55,18 +57,18 @@ func pionSTUNClient(t *testing.T) (string, error) {
 // namespace, in front of a recording server: port 9000 answers standard
 // requests, port 9002 only fingerprinted ones (stun_strict).
 type stunClientLab struct {
-	l      *natLab
-	server *udpPeer
-	resp   *labProc
+	l      *natlab.Lab
+	server *nktest.UDP
+	resp   *natlab.Proc
 }
 
 func newSTUNClientLab(t *testing.T) *stunClientLab {
-	l := newNATLab(t, labConfig{UDPTimeout: 10 * time.Second, UDPStreamTimeout: 10 * time.Second})
-	server := newUDPPeer(t, l.listenUDP(t, l.Server, "127.0.0.1:9001"))
+	l := natlab.New(t, natlab.Config{UDPTimeout: 10 * time.Second, UDPStreamTimeout: 10 * time.Second})
+	server := nktest.NewUDP(t, l.ListenUDP(t, l.Server, "127.0.0.1:9001"))
 	routes := fmt.Sprintf("udp://%s/127.0.0.1:9001?role=responder,udp://%s/127.0.0.1:9001?role=responder&stun_strict=true",
 		netip.AddrPortFrom(l.ServerAddr, 9000), netip.AddrPortFrom(l.ServerAddr, 9002))
-	resp := l.startProcess(t, l.Server, []string{"NATKEEP_LOG_FORMAT=json", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_DRAIN_TIMEOUT=1s", "NATKEEP_ROUTES=" + routes}, natkeepBinary(t))
-	if !resp.waitFor(20*time.Second, `"msg":"natkeep started"`) {
+	resp := l.StartProcess(t, l.Server, []string{"NATKEEP_LOG_FORMAT=json", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_DRAIN_TIMEOUT=1s", "NATKEEP_ROUTES=" + routes}, natlab.NatkeepBinary(t))
+	if !resp.WaitFor(20*time.Second, `"msg":"natkeep started"`) {
 		t.Fatalf("responder did not start:\n%s", resp.Output())
 	}
 	return &stunClientLab{l: l, server: server, resp: resp}
@@ -76,7 +78,7 @@ func newSTUNClientLab(t *testing.T) *stunClientLab {
 // for UDP flows to the responder's port.
 func (s *stunClientLab) mappedPorts(t *testing.T, port int) map[uint16]bool {
 	t.Helper()
-	out := s.l.run(t, s.l.Router, "conntrack", "-L", "-p", "udp", "--orig-port-dst", strconv.Itoa(port))
+	out := s.l.Run(t, s.l.Router, "conntrack", "-L", "-p", "udp", "--orig-port-dst", strconv.Itoa(port))
 	re := regexp.MustCompile(`src=` + regexp.QuoteMeta(s.l.ServerAddr.String()) + ` dst=` + regexp.QuoteMeta(s.l.RouterOuter.String()) + ` sport=` + strconv.Itoa(port) + ` dport=(\d+)`)
 	ports := map[uint16]bool{}
 	for _, m := range re.FindAllStringSubmatch(out, -1) {
@@ -112,7 +114,7 @@ func TestSTUNClientsGetMappedAddress(t *testing.T) {
 	l := s.l
 
 	t.Run("coturn turnutils_stunclient", func(t *testing.T) {
-		out := l.run(t, l.Client, "turnutils_stunclient", "-p", "9000", l.ServerAddr.String())
+		out := l.Run(t, l.Client, "turnutils_stunclient", "-p", "9000", l.ServerAddr.String())
 		m := reflexiveRE.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("no reflexive address in turnutils_stunclient output:\n%s", out)
@@ -125,7 +127,7 @@ func TestSTUNClientsGetMappedAddress(t *testing.T) {
 		t.Logf("turnutils_stunclient: reflexive address %v", mapped)
 	})
 	t.Run("pion stun-client", func(t *testing.T) {
-		out := l.run(t, l.Client, pion, "stun:"+netip.AddrPortFrom(l.ServerAddr, 9000).String())
+		out := l.Run(t, l.Client, pion, "stun:"+netip.AddrPortFrom(l.ServerAddr, 9000).String())
 		fields := strings.Fields(strings.TrimSpace(out))
 		if len(fields) == 0 {
 			t.Fatal("pion stun-client printed nothing")
@@ -137,12 +139,12 @@ func TestSTUNClientsGetMappedAddress(t *testing.T) {
 		s.checkMapped(t, "pion stun-client", mapped, 9000)
 		t.Logf("pion stun-client: mapped address %v", mapped)
 	})
-	if n := len(s.server.all()); n != 0 {
+	if n := len(s.server.All()); n != 0 {
 		t.Fatalf("the server behind the responder got %d datagrams; answered requests must not pass", n)
 	}
 
 	t.Run("RFC 3489 request passes as data", func(t *testing.T) {
-		c := l.dialUDP(t, l.Client, netip.AddrPortFrom(l.ServerAddr, 9000).String())
+		c := l.DialUDP(t, l.Client, netip.AddrPortFrom(l.ServerAddr, 9000).String())
 		defer c.Close()
 		// Type Binding Request, length 0, then a 128-bit transaction ID
 		// where RFC 5389 has the magic cookie.
@@ -150,27 +152,23 @@ func TestSTUNClientsGetMappedAddress(t *testing.T) {
 		if _, err := c.Write(req); err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := s.server.waitData(10*time.Second, string(req)); !ok {
+		if _, ok := s.server.WaitData(10*time.Second, string(req)); !ok {
 			t.Fatal("an RFC 3489 request did not reach the server as data")
 		}
 	})
 	t.Run("stun_strict answers only fingerprinted requests", func(t *testing.T) {
-		before := len(s.server.all())
+		before := len(s.server.All())
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 		defer cancel()
-		out, _ := labExec(ctx, l.Client, "turnutils_stunclient", "-p", "9002", l.ServerAddr.String())
+		out, _ := natlab.Exec(ctx, l.Client, "turnutils_stunclient", "-p", "9002", l.ServerAddr.String())
 		if reflexiveRE.MatchString(out) {
 			t.Fatalf("stun_strict answered a request without FINGERPRINT:\n%s", out)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for len(s.server.all()) == before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if len(s.server.all()) == before {
+		if !nktest.Eventually(5*time.Second, 20*time.Millisecond, func() bool { return len(s.server.All()) != before }) {
 			t.Fatal("the unanswered request did not pass to the server as data")
 		}
 		// A fingerprinted request (natkeep's own heartbeat) is answered.
-		c := l.dialUDP(t, l.Client, netip.AddrPortFrom(l.ServerAddr, 9002).String())
+		c := l.DialUDP(t, l.Client, netip.AddrPortFrom(l.ServerAddr, 9002).String())
 		defer c.Close()
 		if _, err := c.Write(keepalive.AppendBindingRequest(nil, keepalive.NewTxID())); err != nil {
 			t.Fatal(err)

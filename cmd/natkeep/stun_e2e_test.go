@@ -3,8 +3,6 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 )
 
 // TestSTUNInteropCoturn: natkeep's STUN heartbeats against coturn, a STUN
@@ -23,15 +24,15 @@ func TestSTUNInteropCoturn(t *testing.T) {
 	if err != nil {
 		t.Skip("coturn's turnserver is not installed (apt-get install coturn); .ci/run installs it")
 	}
-	stunPort, appPort, adminPort := freePort(t, "udp"), freePort(t, "udp"), freePort(t, "tcp")
+	stunPort, appPort, adminPort := nktest.FreePort(t, "udp"), nktest.FreePort(t, "udp"), nktest.FreePort(t, "tcp")
 	dir := t.TempDir()
-	ts := startHostCmd(t, nil, turn, "-n", "-S", "-L", "127.0.0.1", "-p", fmt.Sprint(stunPort),
+	ts := natlab.Start(t, nil, turn, "-n", "-S", "-L", "127.0.0.1", "-p", fmt.Sprint(stunPort),
 		"--no-cli", "--no-tls", "--no-dtls", "--pidfile", dir+"/turn.pid", "--log-file", "stdout", "--simple-log",
 		"--userdb", dir+"/turndb")
 	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
 	route := fmt.Sprintf("udp://127.0.0.1:%d/127.0.0.1:%d?payload=stun&interval=200ms", appPort, stunPort)
 	nk := startHost(t, "NATKEEP_ROUTES="+route, "NATKEEP_ADMIN_ADDR="+admin)
-	waitHTTP(t, "http://"+admin+"/readyz", 200)
+	nktest.WaitStatus(t, "http://"+admin+"/readyz", 200)
 
 	app, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", appPort))
 	if err != nil {
@@ -46,10 +47,10 @@ func TestSTUNInteropCoturn(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	var replies, beats, rtts float64
 	for {
-		f := scrape(t, admin)
-		replies = metricValue(f, "natkeep_udp_heartbeat_replies_total", labels)
-		beats = metricValue(f, "natkeep_udp_heartbeats_sent_total", labels)
-		rtts = metricValue(f, "natkeep_udp_heartbeat_rtt_seconds", labels)
+		f := nktest.Scrape(t, nil, admin)
+		replies = nktest.Value(f, "natkeep_udp_heartbeat_replies_total", labels)
+		beats = nktest.Value(f, "natkeep_udp_heartbeats_sent_total", labels)
+		rtts = nktest.Value(f, "natkeep_udp_heartbeat_rtt_seconds", labels)
 		if replies >= 5 && rtts >= 5 {
 			break
 		}
@@ -70,85 +71,52 @@ func TestSTUNInteropCoturn(t *testing.T) {
 	t.Logf("coturn answered %v/%v heartbeats, %v RTT samples", replies, beats, rtts)
 }
 
-// nsHTTPClient returns an HTTP client whose connections are made inside ns.
-func nsHTTPClient(t *testing.T, l *natLab, ns string) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := inNetns(ns, func() error {
-				var err error
-				c, err = net.DialTimeout("tcp", addr, 5*time.Second)
-				return err
-			})
-			return c, err
-		},
-	}}
-}
-
 // stunLab is natkeep with STUN heartbeats in the client namespace, a natkeep
 // responder in front of a plain UDP echo server in the server namespace.
 type stunLab struct {
-	l      *natLab
-	client *labProc
-	resp   *labProc
-	app    *udpPeer
+	l      *natlab.Lab
+	client *natlab.Proc
+	resp   *natlab.Proc
+	app    *nktest.UDP
 	route  string
 	admin  *http.Client
 }
 
 func newSTUNLab(t *testing.T) *stunLab {
-	l := newNATLab(t, labConfig{UDPTimeout: 3 * time.Second, UDPStreamTimeout: 3 * time.Second})
-	echo := l.listenUDP(t, l.Server, "127.0.0.1:9001")
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue
-			}
-			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	l := natlab.New(t, natlab.Config{UDPTimeout: 3 * time.Second, UDPStreamTimeout: 3 * time.Second})
+	nktest.EchoUDP(t, l.ListenUDP(t, l.Server, "127.0.0.1:9001"))
 	respRoute := fmt.Sprintf("udp://%s/127.0.0.1:9001?role=responder", netip.AddrPortFrom(l.ServerAddr, 9000))
-	resp := l.startProcess(t, l.Server, []string{"NATKEEP_LOG_LEVEL=debug", "NATKEEP_LOG_FORMAT=json", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_DRAIN_TIMEOUT=1s", "NATKEEP_ROUTES=" + respRoute}, natkeepBinary(t))
-	if !resp.waitFor(20*time.Second, `"msg":"natkeep started"`) {
+	resp := l.StartProcess(t, l.Server, []string{"NATKEEP_LOG_LEVEL=debug", "NATKEEP_LOG_FORMAT=json", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_DRAIN_TIMEOUT=1s", "NATKEEP_ROUTES=" + respRoute}, natlab.NatkeepBinary(t))
+	if !resp.WaitFor(20*time.Second, `"msg":"natkeep started"`) {
 		t.Fatalf("responder did not start:\n%s", resp.Output())
 	}
 	// on_dead=rebind: these tests follow a dead peer through fresh local
 	// ports (TestNATDeadPeerKeepsMapping covers the default, keep).
 	route := fmt.Sprintf("udp://127.0.0.1:5000/%s?payload=stun&interval=1s&dead_after=3&on_dead=rebind", netip.AddrPortFrom(l.ServerAddr, 9000))
 	client := startNatkeep(t, l, "NATKEEP_ROUTES="+route)
-	s := &stunLab{l: l, client: client, resp: resp, route: route, admin: nsHTTPClient(t, l, l.Client)}
-	s.app = newUDPPeer(t, l.dialUDP(t, l.Client, "127.0.0.1:5000"))
+	s := &stunLab{l: l, client: client, resp: resp, route: route, admin: l.HTTPClient(l.Client)}
+	s.app = nktest.NewUDP(t, l.DialUDP(t, l.Client, "127.0.0.1:5000"))
 	return s
 }
 
 func (s *stunLab) metric(t *testing.T, name string) float64 {
-	return metricValue(scrapeWith(t, s.admin, "127.0.0.1:9299"), name, map[string]string{"route": s.route})
+	return nktest.Value(nktest.Scrape(t, s.admin, "127.0.0.1:9299"), name, map[string]string{"route": s.route})
 }
 
 // echo sends msg from the app and waits for the echo server's copy.
 func (s *stunLab) echo(t *testing.T, msg string, within time.Duration) bool {
 	t.Helper()
-	if _, err := s.app.conn.Write([]byte(msg)); err != nil {
+	if _, err := s.app.Conn.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
 	}
-	_, ok := s.app.waitData(within, msg)
+	_, ok := s.app.WaitData(within, msg)
 	return ok
 }
 
 func (s *stunLab) waitMetric(t *testing.T, name string, atLeast float64, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for s.metric(t, name) < atLeast {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s stayed below %v for %v", name, atLeast, within)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !nktest.Eventually(within, 100*time.Millisecond, func() bool { return s.metric(t, name) >= atLeast }) {
+		t.Fatalf("%s stayed below %v for %v", name, atLeast, within)
 	}
 }
 
@@ -163,9 +131,9 @@ func TestNATSTUNDeadPeerRecovery(t *testing.T) {
 	}
 	s.waitMetric(t, "natkeep_udp_heartbeat_replies_total", 2, 20*time.Second)
 
-	unblock := s.l.blockServer(t)
+	unblock := s.l.BlockServer(t)
 	blocked := time.Now()
-	if !s.client.waitFor(30*time.Second, "UDP peer dead") {
+	if !s.client.WaitFor(30*time.Second, "UDP peer dead") {
 		t.Fatalf("peer never declared dead:\n%s", s.client.Output())
 	}
 	detect := time.Since(blocked)
@@ -174,13 +142,13 @@ func TestNATSTUNDeadPeerRecovery(t *testing.T) {
 	if detect < 2*time.Second || detect > 10*time.Second {
 		t.Fatalf("dead after %v; expected about 3-4 s (interval 1s, dead_after 3)", detect)
 	}
-	if !s.client.waitFor(10*time.Second, "UDP flow rebound") {
+	if !s.client.WaitFor(10*time.Second, "UDP flow rebound") {
 		t.Fatalf("flow not rebound:\n%s", s.client.Output())
 	}
 	time.Sleep(time.Until(blocked.Add(8 * time.Second))) // blackhole well past interval*dead_after
 	unblock()
 	unblocked := time.Now()
-	if !s.client.waitFor(20*time.Second, "UDP peer alive again") {
+	if !s.client.WaitFor(20*time.Second, "UDP peer alive again") {
 		t.Fatalf("peer never came back after the blackhole:\n%s", s.client.Output())
 	}
 	recover := time.Since(unblocked)
@@ -209,13 +177,13 @@ func TestNATSTUNRebindingDetected(t *testing.T) {
 	}
 	s.waitMetric(t, "natkeep_udp_heartbeat_replies_total", 2, 20*time.Second)
 	l := s.l
-	l.run(t, l.Router, "iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-o", l.RouterOuterIf, "-p", "udp", "-j", "MASQUERADE", "--to-ports", "30000-30010")
-	l.run(t, l.Router, "conntrack", "-F")
+	l.Run(t, l.Router, "iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-o", l.RouterOuterIf, "-p", "udp", "-j", "MASQUERADE", "--to-ports", "30000-30010")
+	l.Run(t, l.Router, "conntrack", "-F")
 	changed := time.Now()
-	if !s.client.waitFor(20*time.Second, "NAT mapping changed") {
+	if !s.client.WaitFor(20*time.Second, "NAT mapping changed") {
 		t.Fatalf("rebinding not detected:\n%s", s.client.Output())
 	}
-	line := s.client.grep("NAT mapping changed")[0]
+	line := s.client.Grep("NAT mapping changed")[0]
 	if !strings.Contains(line, `"new_public":"`+l.RouterOuter.String()+":300") {
 		t.Fatalf("new public address not in the forced range: %s", line)
 	}

@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 )
 
 // transparentEnv is natkeep's environment in transparent mode for these
@@ -30,17 +33,17 @@ func transparentEnv(intercept string, extra ...string) []string {
 
 // installIntercept runs `natkeep intercept install` in the client namespace
 // and removes the rules at cleanup.
-func installIntercept(t *testing.T, l *natLab, env []string) {
+func installIntercept(t *testing.T, l *natlab.Lab, env []string) {
 	t.Helper()
 	cmd := func(verb string) []string {
 		args := append([]string{"ip", "netns", "exec", l.Client, "env"}, env...)
-		return append(args, natkeepBinary(t), "intercept", verb)
+		return append(args, natlab.NatkeepBinary(t), "intercept", verb)
 	}
-	if out, err := l.tryRun("", cmd("install")...); err != nil {
+	if out, err := l.TryRun("", cmd("install")...); err != nil {
 		t.Fatalf("intercept install: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		if out, err := l.tryRun("", cmd("remove")...); err != nil {
+		if out, err := l.TryRun("", cmd("remove")...); err != nil {
 			t.Errorf("intercept remove: %v\n%s", err, out)
 		}
 	})
@@ -53,39 +56,39 @@ func installIntercept(t *testing.T, l *natLab, env []string) {
 // natkeep (control) the same push is lost.
 func TestTransparentUDPKeepsMapping(t *testing.T) {
 	const idle = 10 * time.Second
-	run := func(t *testing.T, withNatkeep bool) (pushed bool, from netip.AddrPort, server *udpPeer) {
-		l := newNATLab(t, labConfig{UDPTimeout: 2 * time.Second, UDPStreamTimeout: 2 * time.Second})
-		server = newUDPPeer(t, l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9000).String()))
+	run := func(t *testing.T, withNatkeep bool) (pushed bool, from netip.AddrPort, server *nktest.UDP) {
+		l := natlab.New(t, natlab.Config{UDPTimeout: 2 * time.Second, UDPStreamTimeout: 2 * time.Second})
+		server = nktest.NewUDP(t, l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 9000).String()))
 		if withNatkeep {
 			env := transparentEnv("udp:9000")
 			installIntercept(t, l, env)
 			startNatkeep(t, l, env...)
 		}
 		serverAddr := netip.AddrPortFrom(l.ServerAddr, 9000)
-		app := newUDPPeer(t, l.dialUDP(t, l.Client, serverAddr.String()))
-		if _, err := app.conn.Write([]byte("hello")); err != nil {
+		app := nktest.NewUDP(t, l.DialUDP(t, l.Client, serverAddr.String()))
+		if _, err := app.Conn.Write([]byte("hello")); err != nil {
 			t.Fatal(err)
 		}
-		hello, ok := server.waitData(10*time.Second, "hello")
+		hello, ok := server.WaitData(10*time.Second, "hello")
 		if !ok {
 			t.Fatal("server never got the app's datagram")
 		}
-		if _, err := server.conn.WriteToUDPAddrPort([]byte("welcome"), hello.from); err != nil {
+		if _, err := server.Conn.WriteToUDPAddrPort([]byte("welcome"), hello.From); err != nil {
 			t.Fatal(err)
 		}
-		w, ok := app.waitData(10*time.Second, "welcome")
+		w, ok := app.WaitData(10*time.Second, "welcome")
 		if !ok {
 			t.Fatal("app never got the immediate reply")
 		}
-		if w.from != serverAddr {
-			t.Fatalf("app saw the reply from %v, want the server's address %v", w.from, serverAddr)
+		if w.From != serverAddr {
+			t.Fatalf("app saw the reply from %v, want the server's address %v", w.From, serverAddr)
 		}
 		time.Sleep(idle)
-		if _, err := server.conn.WriteToUDPAddrPort([]byte("push"), hello.from); err != nil {
+		if _, err := server.Conn.WriteToUDPAddrPort([]byte("push"), hello.From); err != nil {
 			t.Fatal(err)
 		}
-		g, pushed := app.waitData(3*time.Second, "push")
-		return pushed, g.from, server
+		g, pushed := app.WaitData(3*time.Second, "push")
+		return pushed, g.From, server
 	}
 	t.Run("natkeep", func(t *testing.T) {
 		t.Parallel()
@@ -93,10 +96,10 @@ func TestTransparentUDPKeepsMapping(t *testing.T) {
 		if !pushed {
 			t.Fatal("push after 10 s idle lost despite transparent natkeep")
 		}
-		if from.Addr() != server.conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr() || from.Port() != 9000 {
+		if from.Addr() != server.Conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr() || from.Port() != 9000 {
 			t.Fatalf("push came from %v, want the server's address", from)
 		}
-		if n := server.count(""); n < 5 {
+		if n := server.Count(""); n < 5 {
 			t.Fatalf("server saw %d heartbeats", n)
 		}
 	})
@@ -115,34 +118,26 @@ func TestTransparentTCPKeepsConnection(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ipv6=%v", v6), func(t *testing.T) {
 			t.Parallel()
-			l := newNATLab(t, labConfig{TCPEstablishedTimeout: 5 * time.Second, IPv6: v6})
+			l := natlab.New(t, natlab.Config{TCPEstablishedTimeout: 5 * time.Second, IPv6: v6})
 			serverIP := l.ServerAddr
 			if v6 {
 				serverIP = l.ServerAddr6
 			}
 			serverAddr := netip.AddrPortFrom(serverIP, 9100)
-			ln := l.listenTCP(t, l.Server, serverAddr.String())
+			ln := l.ListenTCP(t, l.Server, serverAddr.String())
 			env := transparentEnv("tcp:9100")
 			installIntercept(t, l, env)
 			nk := startNatkeep(t, l, env...)
-			accepted := make(chan *net.TCPConn, 1)
-			go func() {
-				if c, err := ln.AcceptTCP(); err == nil {
-					accepted <- c
-				}
-			}()
-			app := l.dialTCP(t, l.Client, serverAddr.String())
-			var server *net.TCPConn
-			select {
-			case server = <-accepted:
-				t.Cleanup(func() { server.Close() })
-			case <-time.After(15 * time.Second):
-				t.Fatal("server never accepted")
+			app := l.DialTCP(t, l.Client, serverAddr.String())
+			server, err := nktest.AcceptWithin(ln, 15*time.Second)
+			if err != nil {
+				t.Fatalf("server never accepted: %v", err)
 			}
+			t.Cleanup(func() { server.Close() })
 			exchange(t, app, server, "req1")
 			exchange(t, server, app, "resp1")
-			admin := nsHTTPClient(t, l, l.Client)
-			if n := metricValue(scrapeWith(t, admin, "127.0.0.1:9299"), "natkeep_tcp_connections_active", map[string]string{"route": "intercept tcp"}); n != 1 {
+			admin := l.HTTPClient(l.Client)
+			if n := nktest.Value(nktest.Scrape(t, admin, "127.0.0.1:9299"), "natkeep_tcp_connections_active", map[string]string{"route": "intercept tcp"}); n != 1 {
 				t.Fatalf("natkeep proxies %v intercepted connections, want 1", n)
 			}
 			time.Sleep(15 * time.Second)
@@ -157,19 +152,29 @@ func TestTransparentTCPKeepsConnection(t *testing.T) {
 // transparent TCP listener (not redirected) has no original destination;
 // natkeep resets it instead of dialing itself in a loop.
 func TestTransparentDirectConnectionReset(t *testing.T) {
-	l := newNATLab(t, labConfig{})
+	l := natlab.New(t, natlab.Config{})
 	env := transparentEnv("tcp:9100")
 	installIntercept(t, l, env)
 	nk := startNatkeep(t, l, env...)
-	c := l.dialTCP(t, l.Client, "127.0.0.1:15001")
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 1)
-	if _, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+	// On loopback the reset can beat the connect call completing: then
+	// the dial itself reports it.
+	var c net.Conn
+	err := natlab.InNetns(l.Client, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", "127.0.0.1:15001", 5*time.Second)
+		return err
+	})
+	if err == nil {
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("direct connection ended with %v, want a reset", err)
 	}
-	admin := nsHTTPClient(t, l, l.Client)
-	f := scrapeWith(t, admin, "127.0.0.1:9299")
-	if n := metricValue(f, "natkeep_tcp_connections_total", map[string]string{"route": "intercept tcp"}); n != 1 {
+	admin := l.HTTPClient(l.Client)
+	f := nktest.Scrape(t, admin, "127.0.0.1:9299")
+	if n := nktest.Value(f, "natkeep_tcp_connections_total", map[string]string{"route": "intercept tcp"}); n != 1 {
 		t.Fatalf("connections total = %v, want 1 (no loop)", n)
 	}
 	_ = nk
@@ -181,28 +186,11 @@ func TestTransparentRefusesWithoutBypass(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to drop CAP_NET_ADMIN from a child")
 	}
-	// The build directory is private to root: copy the binary where uid
-	// 1000 may run it.
-	dir, err := os.MkdirTemp("", "natkeep-uid-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(natkeepBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := dir + "/natkeep"
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := natlab.NatkeepBinaryCopy(t) // uid 1000 may run it
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = append(os.Environ(), "NATKEEP_INTERCEPT=tcp:9100", "NATKEEP_INTERCEPT_UID=65532", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_INTERCEPT_TCP_PORT="+fmt.Sprint(freePort(t, "tcp")))
+	cmd.Env = append(os.Environ(), "NATKEEP_INTERCEPT=tcp:9100", "NATKEEP_INTERCEPT_UID=65532", "NATKEEP_ADMIN_ADDR=off", "NATKEEP_INTERCEPT_TCP_PORT="+fmt.Sprint(nktest.FreePort(t, "tcp")))
 	// Run as uid 1000 with no capabilities: neither bypass works.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
 	out, err := cmd.CombinedOutput()

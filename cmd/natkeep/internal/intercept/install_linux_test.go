@@ -1,4 +1,4 @@
-package main
+package intercept
 
 // Real-kernel tests of `natkeep intercept`: the rules are installed into the
 // client namespace of a NAT lab (the app's and natkeep's namespace), plain
@@ -13,9 +13,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -25,31 +23,39 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 	"github.com/natkeep/natkeep/sockopt"
 )
 
 // icptWait bounds every blocking step of these tests.
 const icptWait = 5 * time.Second
 
-// icptRun runs `natkeep intercept ARGS` in this process, inside ns.
-func icptRun(t *testing.T, ns string, env map[string]string, args ...string) (int, string) {
+// icptRun runs `natkeep intercept VERB` in this process, inside ns, as
+// main does: LoadIntercept, then Install, Remove or Show.
+func icptRun(t *testing.T, ns string, env map[string]string, verb string) (string, error) {
 	t.Helper()
+	commands := map[string]func(*config.Intercept, io.Writer) error{"install": Install, "remove": Remove, "show": Show}
 	var out bytes.Buffer
-	code := -1
-	if err := inNetns(ns, func() error {
-		code = run(append([]string{"intercept"}, args...), env, &out, &out)
+	var err error
+	if nerr := natlab.InNetns(ns, func() error {
+		var cfg *config.Intercept
+		if cfg, err = config.LoadIntercept(env); err == nil {
+			err = commands[verb](cfg, &out)
+		}
 		return nil
-	}); err != nil {
-		t.Fatal(err)
+	}); nerr != nil {
+		t.Fatal(nerr)
 	}
-	return code, out.String()
+	return out.String(), err
 }
 
-func icptMustRun(t *testing.T, ns string, env map[string]string, args ...string) string {
+func icptMustRun(t *testing.T, ns string, env map[string]string, verb string) string {
 	t.Helper()
-	code, out := icptRun(t, ns, env, args...)
-	if code != 0 {
-		t.Fatalf("natkeep intercept %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	out, err := icptRun(t, ns, env, verb)
+	if err != nil {
+		t.Fatalf("natkeep intercept %s: %v\n%s", verb, err, out)
 	}
 	return out
 }
@@ -57,11 +63,11 @@ func icptMustRun(t *testing.T, ns string, env map[string]string, args ...string)
 // icptSnapshot is the namespace's whole netfilter and routing state:
 // nft list ruleset (or, without nft, the same read through netlink), the
 // policy rules and every routing table of both families.
-func icptSnapshot(t *testing.T, l *natLab, ns string) string {
+func icptSnapshot(t *testing.T, l *natlab.Lab, ns string) string {
 	t.Helper()
 	var b strings.Builder
 	if _, err := exec.LookPath("nft"); err == nil {
-		b.WriteString(l.run(t, ns, "nft", "list", "ruleset"))
+		b.WriteString(l.Run(t, ns, "nft", "list", "ruleset"))
 	} else {
 		b.WriteString(icptNetlinkRuleset(t, ns))
 	}
@@ -69,7 +75,7 @@ func icptSnapshot(t *testing.T, l *natLab, ns string) string {
 		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
 		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
 	} {
-		fmt.Fprintf(&b, "--- %s\n%s", strings.Join(args, " "), l.run(t, ns, args...))
+		fmt.Fprintf(&b, "--- %s\n%s", strings.Join(args, " "), l.Run(t, ns, args...))
 	}
 	return b.String()
 }
@@ -79,7 +85,7 @@ func icptSnapshot(t *testing.T, l *natLab, ns string) string {
 func icptNetlinkRuleset(t *testing.T, ns string) string {
 	t.Helper()
 	var lines []string
-	err := inNetns(ns, func() error {
+	err := natlab.InNetns(ns, func() error {
 		conn, err := nftables.New()
 		if err != nil {
 			return err
@@ -127,18 +133,18 @@ func icptEnv(kv ...string) map[string]string {
 // unrelated state natkeep must not touch (another nft table, another policy
 // rule, another route in natkeep's routing table).
 func TestInterceptInstallRemoveRestores(t *testing.T) {
-	l := newNATLab(t, labConfig{IPv6: true})
+	l := natlab.New(t, natlab.Config{IPv6: true})
 	ns := l.Client
-	l.run(t, ns, "iptables", "-w", "5", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
-	l.run(t, ns, "ip", "rule", "add", "fwmark", "0x99", "lookup", "200")
-	l.run(t, ns, "ip", "route", "add", "192.0.2.0/24", "dev", "lo", "table", "100")
-	l.run(t, ns, "ip", "-6", "route", "add", "2001:db8::/32", "dev", "lo", "table", "100")
+	l.Run(t, ns, "iptables", "-w", "5", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+	l.Run(t, ns, "ip", "rule", "add", "fwmark", "0x99", "lookup", "200")
+	l.Run(t, ns, "ip", "route", "add", "192.0.2.0/24", "dev", "lo", "table", "100")
+	l.Run(t, ns, "ip", "-6", "route", "add", "2001:db8::/32", "dev", "lo", "table", "100")
 	before := icptSnapshot(t, l, ns)
 
 	full := icptEnv("NATKEEP_INTERCEPT", "udp:5060,udp:10.0.0.0/8:3478,tcp:5432,tcp:[fd00::/8]:8000-8100")
 	// Once through the real binary, as an init container runs it.
-	bin := natkeepBinary(t)
-	p := l.startProcess(t, ns, []string{"NATKEEP_INTERCEPT=" + full["NATKEEP_INTERCEPT"]}, bin, "intercept", "install")
+	bin := natlab.NatkeepBinary(t)
+	p := l.StartProcess(t, ns, []string{"NATKEEP_INTERCEPT=" + full["NATKEEP_INTERCEPT"]}, bin, "intercept", "install")
 	if err := p.Wait(30 * time.Second); err != nil {
 		t.Fatalf("natkeep intercept install: %v\n%s", err, p.Output())
 	}
@@ -215,32 +221,16 @@ func TestInterceptInstallRemoveRestores(t *testing.T) {
 // bounding set (what Kubernetes' capabilities.add gives a non-root
 // container) does not have it.
 func TestInterceptCapabilities(t *testing.T) {
-	l := newNATLab(t, labConfig{})
+	l := natlab.New(t, natlab.Config{})
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("needs setpriv (util-linux)")
 	}
-	// A copy that uid 65532 may execute.
-	dir, err := os.MkdirTemp("", "natkeep-caps-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(natkeepBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "natkeep")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := natlab.NatkeepBinaryCopy(t) // uid 65532 may run it
 	env := []string{"NATKEEP_INTERCEPT=udp:5060,tcp:5432"}
 	try := func(setpriv ...string) (int, string) {
 		args := append(append([]string{"setpriv"}, setpriv...), "--", bin, "intercept", "install")
-		p := l.startProcess(t, l.Client, env, args[0], args[1:]...)
-		if err := p.Wait(30 * time.Second); errors.Is(err, errLabWaitTimeout) {
+		p := l.StartProcess(t, l.Client, env, args[0], args[1:]...)
+		if err := p.Wait(30 * time.Second); errors.Is(err, natlab.ErrWaitTimeout) {
 			t.Fatalf("%v: still running", args)
 		}
 		return p.ExitCode(), p.Output()
@@ -262,18 +252,11 @@ func TestInterceptCapabilities(t *testing.T) {
 	icptMustRun(t, l.Client, nil, "remove")
 }
 
-// icptAcceptWithin accepts one connection or fails after d.
-func icptAcceptWithin(ln *net.TCPListener, d time.Duration) (*net.TCPConn, error) {
-	ln.SetDeadline(time.Now().Add(d))
-	defer ln.SetDeadline(time.Time{})
-	return ln.AcceptTCP()
-}
-
 // icptExpectAccept accepts one connection and checks that it came from an
 // app that believes it is talking to want.
 func icptExpectAccept(t *testing.T, ln *net.TCPListener, what string) *net.TCPConn {
 	t.Helper()
-	c, err := icptAcceptWithin(ln, icptWait)
+	c, err := nktest.AcceptWithin(ln, icptWait)
 	if err != nil {
 		t.Fatalf("%s: accept on %v: %v", what, ln.Addr(), err)
 	}
@@ -284,7 +267,7 @@ func icptExpectAccept(t *testing.T, ln *net.TCPListener, what string) *net.TCPCo
 // icptExpectNoAccept checks that nothing arrives at ln.
 func icptExpectNoAccept(t *testing.T, ln *net.TCPListener, what string) {
 	t.Helper()
-	if c, err := icptAcceptWithin(ln, 300*time.Millisecond); err == nil {
+	if c, err := nktest.AcceptWithin(ln, 300*time.Millisecond); err == nil {
 		c.Close()
 		t.Errorf("%s: a connection from %v reached %v", what, c.RemoteAddr(), ln.Addr())
 	}
@@ -296,7 +279,7 @@ func icptExpectNoAccept(t *testing.T, ln *net.TCPListener, what string) {
 func icptDial(t *testing.T, ns, network, addr string, ctrl func(string, string, syscall.RawConn) error, fsuid int) net.Conn {
 	t.Helper()
 	var c net.Conn
-	err := inNetns(ns, func() error {
+	err := natlab.InNetns(ns, func() error {
 		if fsuid != 0 {
 			// Per thread, and this thread is locked: only this socket.
 			if err := unix.Setfsuid(fsuid); err != nil {
@@ -321,14 +304,14 @@ func icptDial(t *testing.T, ns, network, addr string, ctrl func(string, string, 
 // natkeep's own connections (bypass mark or UID), non-matching ports and
 // loopback go straight through.
 func TestInterceptTCPRedirect(t *testing.T) {
-	l := newNATLab(t, labConfig{})
+	l := natlab.New(t, natlab.Config{})
 	icptMustRun(t, l.Client, icptEnv("NATKEEP_INTERCEPT", "tcp:5432"), "install")
 	t.Cleanup(func() { icptRun(t, l.Client, nil, "remove") })
 
-	natkeep := l.listenTCP(t, l.Client, "127.0.0.1:15001") // stands in for natkeep
-	server := l.listenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5432).String())
-	other := l.listenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5433).String())
-	local := l.listenTCP(t, l.Client, "127.0.0.1:5432")
+	natkeep := l.ListenTCP(t, l.Client, "127.0.0.1:15001") // stands in for natkeep
+	server := l.ListenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5432).String())
+	other := l.ListenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5433).String())
+	local := l.ListenTCP(t, l.Client, "127.0.0.1:5432")
 	orig := netip.AddrPortFrom(l.ServerAddr, 5432)
 
 	app := icptDial(t, l.Client, "tcp", orig.String(), nil, 0)
@@ -381,18 +364,13 @@ func TestInterceptTCPRedirect(t *testing.T) {
 	icptExpectNoAccept(t, natkeep, "loopback")
 }
 
-// TestInterceptUDPTProxy: an app's datagram to a matching destination lands
-// on natkeep's transparent listener with its original destination; a reply
-// from a transparent socket bound to that destination reaches the app from
-// the server's address; natkeep's own upstream socket is not intercepted.
-func TestInterceptUDPTProxy(t *testing.T) {
-	l := newNATLab(t, labConfig{})
-	icptMustRun(t, l.Client, icptEnv("NATKEEP_INTERCEPT", "udp:5060,udp:10.0.0.0/8:3478"), "install")
-	t.Cleanup(func() { icptRun(t, l.Client, nil, "remove") })
-
-	var ln *net.UDPConn // stands in for natkeep's TPROXY listener
-	if err := inNetns(l.Client, func() error {
-		pc, err := (&net.ListenConfig{Control: sockopt.RecvOrigDstControl}).ListenPacket(context.Background(), "udp", ":15002")
+// icptTProxyListener stands in for natkeep's TPROXY listener: a UDP socket
+// in ns that receives each datagram's original destination.
+func icptTProxyListener(t *testing.T, ns, network, addr string) *net.UDPConn {
+	t.Helper()
+	var ln *net.UDPConn
+	if err := natlab.InNetns(ns, func() error {
+		pc, err := (&net.ListenConfig{Control: sockopt.RecvOrigDstControl}).ListenPacket(context.Background(), network, addr)
 		if err == nil {
 			ln = pc.(*net.UDPConn)
 		}
@@ -401,12 +379,25 @@ func TestInterceptUDPTProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	server := l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5060).String())
+	return ln
+}
+
+// TestInterceptUDPTProxy: an app's datagram to a matching destination lands
+// on natkeep's transparent listener with its original destination; a reply
+// from a transparent socket bound to that destination reaches the app from
+// the server's address; natkeep's own upstream socket is not intercepted.
+func TestInterceptUDPTProxy(t *testing.T) {
+	l := natlab.New(t, natlab.Config{})
+	icptMustRun(t, l.Client, icptEnv("NATKEEP_INTERCEPT", "udp:5060,udp:10.0.0.0/8:3478"), "install")
+	t.Cleanup(func() { icptRun(t, l.Client, nil, "remove") })
+
+	ln := icptTProxyListener(t, l.Client, "udp", ":15002")
+	server := l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5060).String())
 	orig := netip.AddrPortFrom(l.ServerAddr, 5060)
 
 	// The app uses source port 5060 too, as SIP phones do: natkeep's reply
 	// to it then has destination port 5060 and must still not be caught.
-	app := l.listenUDP(t, l.Client, netip.AddrPortFrom(l.ClientAddr, 5060).String())
+	app := l.ListenUDP(t, l.Client, netip.AddrPortFrom(l.ClientAddr, 5060).String())
 	appAddr := app.LocalAddr().(*net.UDPAddr).AddrPort()
 
 	readListener := func(want string) (src, dst netip.AddrPort) {
@@ -438,7 +429,7 @@ func TestInterceptUDPTProxy(t *testing.T) {
 	// natkeep's upstream socket, marked: reaches the server, and the
 	// server's answer comes back through the NAT.
 	var up *net.UDPConn
-	if err := inNetns(l.Client, func() error {
+	if err := natlab.InNetns(l.Client, func() error {
 		d := net.Dialer{Control: sockopt.MarkControl(0x4e4c)}
 		c, err := d.Dial("udp", orig.String())
 		if err == nil {
@@ -472,7 +463,7 @@ func TestInterceptUDPTProxy(t *testing.T) {
 	// The reply to the app from the original destination: a transparent,
 	// marked socket bound to the server's address.
 	var reply *net.UDPConn
-	if err := inNetns(l.Client, func() error {
+	if err := natlab.InNetns(l.Client, func() error {
 		lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 			if err := sockopt.TransparentControl(network, address, c); err != nil {
 				return err
@@ -515,7 +506,7 @@ func TestInterceptUDPTProxy(t *testing.T) {
 	if _, dst := readListener("BIND"); dst != stun {
 		t.Errorf("udp:10.0.0.0/8:3478: original destination %v, want %v", dst, stun)
 	}
-	other := l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5061).String())
+	other := l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 5061).String())
 	if _, err := app.WriteToUDPAddrPort([]byte("OPTIONS"), netip.AddrPortFrom(l.ServerAddr, 5061)); err != nil {
 		t.Fatal(err)
 	}
@@ -527,7 +518,7 @@ func TestInterceptUDPTProxy(t *testing.T) {
 	// A peer that contacts the app first (here the router, from port 5060):
 	// the app's answer to it has destination port 5060 but belongs to a flow
 	// the app did not start, so it goes straight back, untouched.
-	peer := l.listenUDP(t, l.Router, netip.AddrPortFrom(l.RouterInner, 5060).String())
+	peer := l.ListenUDP(t, l.Router, netip.AddrPortFrom(l.RouterInner, 5060).String())
 	if _, err := peer.WriteToUDPAddrPort([]byte("REGISTER"), appAddr); err != nil {
 		t.Fatal(err)
 	}
@@ -553,12 +544,12 @@ func TestInterceptUDPTProxy(t *testing.T) {
 // TestInterceptIPv6: IPv6 TCP redirect (and UDP TPROXY) to an fd00::/8
 // server; IPv4 traffic to the same port is not caught by the IPv6 prefix.
 func TestInterceptIPv6(t *testing.T) {
-	l := newNATLab(t, labConfig{IPv6: true})
+	l := natlab.New(t, natlab.Config{IPv6: true})
 	icptMustRun(t, l.Client, icptEnv("NATKEEP_INTERCEPT", "tcp:[fd00::/8]:8000-8100,udp:[fd00::/8]:3478"), "install")
 	t.Cleanup(func() { icptRun(t, l.Client, nil, "remove") })
 
-	natkeep := l.listenTCP(t, l.Client, ":15001") // dual-stack, as natkeep would
-	server4 := l.listenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 8080).String())
+	natkeep := l.ListenTCP(t, l.Client, ":15001") // dual-stack, as natkeep would
+	server4 := l.ListenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 8080).String())
 	orig := netip.AddrPortFrom(l.ServerAddr6, 8080)
 
 	app := icptDial(t, l.Client, "tcp", orig.String(), nil, 0)
@@ -578,19 +569,9 @@ func TestInterceptIPv6(t *testing.T) {
 	icptExpectAccept(t, server4, "IPv4 to the same port")
 	icptExpectNoAccept(t, natkeep, "IPv4 to the same port")
 
-	var ln *net.UDPConn
-	if err := inNetns(l.Client, func() error {
-		pc, err := (&net.ListenConfig{Control: sockopt.RecvOrigDstControl}).ListenPacket(context.Background(), "udp6", "[::]:15002")
-		if err == nil {
-			ln = pc.(*net.UDPConn)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := icptTProxyListener(t, l.Client, "udp6", "[::]:15002")
 	stun := netip.AddrPortFrom(l.ServerAddr6, 3478)
-	u := l.dialUDP(t, l.Client, stun.String())
+	u := l.DialUDP(t, l.Client, stun.String())
 	if _, err := u.Write([]byte("BIND")); err != nil {
 		t.Fatal(err)
 	}
@@ -605,3 +586,7 @@ func TestInterceptIPv6(t *testing.T) {
 		t.Errorf("listener got %v -> %v (%v), want %v -> %v", src, dst, ok, u.LocalAddr(), stun)
 	}
 }
+
+// TestMain removes the natkeep build and checks that no lab namespace
+// leaked.
+func TestMain(m *testing.M) { natlab.Main(m) }

@@ -1,9 +1,8 @@
 //go:build linux
 
-package main
+package natlab
 
-// Control experiments proving that the NAT lab (lab_test.go) behaves like a
-// real NAT: mappings are created by MASQUERADE, expire after the configured
+// Control experiments proving that the NAT lab behaves like a real NAT: mappings are created by MASQUERADE, expire after the configured
 // conntrack timeouts, are kept by traffic, and — the kernel behaviour
 // natkeep's UDP heartbeats rely on — are refreshed by TTL-1 packets that the
 // router drops.
@@ -24,52 +23,12 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 	"golang.org/x/sys/unix"
 )
 
-// labUDPPacket is one datagram received by a lab server socket.
-type labUDPPacket struct {
-	data string
-	from netip.AddrPort
-	at   time.Time
-}
-
-// labServeUDP reads datagrams from c until it is closed.
-func labServeUDP(c *net.UDPConn) <-chan labUDPPacket {
-	ch := make(chan labUDPPacket, 256)
-	go func() {
-		defer close(ch)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue // e.g. ICMP-induced errors; keep reading
-			}
-			select {
-			case ch <- labUDPPacket{string(buf[:n]), netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), time.Now()}:
-			default:
-			}
-		}
-	}()
-	return ch
-}
-
-// labRecvPacket waits up to d for the next datagram on ch.
-func labRecvPacket(t *testing.T, ch <-chan labUDPPacket, d time.Duration) (labUDPPacket, bool) {
-	t.Helper()
-	select {
-	case p, ok := <-ch:
-		return p, ok
-	case <-time.After(d):
-		return labUDPPacket{}, false
-	}
-}
-
-// labReadUDP reads one datagram on c within d.
-func labReadUDP(c *net.UDPConn, d time.Duration) (string, error) {
+// readUDP reads one datagram on c within d.
+func readUDP(c *net.UDPConn, d time.Duration) (string, error) {
 	c.SetReadDeadline(time.Now().Add(d))
 	defer c.SetReadDeadline(time.Time{})
 	buf := make([]byte, 2048)
@@ -108,9 +67,9 @@ func labWriteTTL1(c *net.UDPConn, payload []byte) error {
 }
 
 // labSNMP reads counters from /proc/net/snmp inside ns, keyed "Ip:InHdrErrors".
-func labSNMP(t *testing.T, l *natLab, ns string) map[string]int64 {
+func labSNMP(t *testing.T, l *Lab, ns string) map[string]int64 {
 	t.Helper()
-	out := l.run(t, ns, "cat", "/proc/net/snmp")
+	out := l.Run(t, ns, "cat", "/proc/net/snmp")
 	m := map[string]int64{}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	var hdr []string
@@ -145,15 +104,15 @@ const (
 // address and report whether the client got it.
 func labUDPMappingExperiment(t *testing.T, mode labUDPMode) {
 	const timeout = 2 * time.Second
-	l := newNATLab(t, labConfig{UDPTimeout: timeout, UDPStreamTimeout: timeout})
-	ev := l.conntrackEvents(t, "udp")
+	l := New(t, Config{UDPTimeout: timeout, UDPStreamTimeout: timeout})
+	ev := l.ConntrackEvents(t, "udp")
 
-	srv := l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 0).String())
+	srv := l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 0).String())
 	srvAddr := srv.LocalAddr().(*net.UDPAddr).AddrPort()
-	pkts := labServeUDP(srv)
-	cli := l.dialUDP(t, l.Client, srvAddr.String())
+	srvPeer := nktest.NewUDP(t, srv)
+	cli := l.DialUDP(t, l.Client, srvAddr.String())
 	cliAddr := netip.AddrPortFrom(l.ClientAddr, uint16(cli.LocalAddr().(*net.UDPAddr).Port))
-	tuple := labTuple(cliAddr, srvAddr)
+	tuple := Tuple(cliAddr, srvAddr)
 
 	// 1. Mapping works: client → server, server sees the router's outer
 	// address (MASQUERADE), reply reaches the client.
@@ -161,11 +120,11 @@ func labUDPMappingExperiment(t *testing.T, mode labUDPMode) {
 	if _, err := cli.Write([]byte("hello")); err != nil {
 		t.Fatalf("client write: %v", err)
 	}
-	p, ok := labRecvPacket(t, pkts, 3*time.Second)
-	if !ok || p.data != "hello" {
-		t.Fatalf("server did not receive hello (ok=%v, got %q)", ok, p.data)
+	p, ok := srvPeer.WaitData(3*time.Second, "hello")
+	if !ok {
+		t.Fatalf("server did not receive hello (got %q)", srvPeer.All())
 	}
-	mapped := p.from
+	mapped := p.From
 	if mapped.Addr() != l.RouterOuter {
 		t.Fatalf("server saw source %v, want the router's outer address %v (MASQUERADE)", mapped, l.RouterOuter)
 	}
@@ -173,10 +132,10 @@ func labUDPMappingExperiment(t *testing.T, mode labUDPMode) {
 	if _, err := srv.WriteToUDPAddrPort([]byte("welcome"), mapped); err != nil {
 		t.Fatalf("server reply: %v", err)
 	}
-	if got, err := labReadUDP(cli, 3*time.Second); err != nil || got != "welcome" {
+	if got, err := readUDP(cli, 3*time.Second); err != nil || got != "welcome" {
 		t.Fatalf("client did not receive the reply through the mapping: %q, %v", got, err)
 	}
-	t.Logf("conntrack after handshake:\n%s", l.conntrackList(t, "udp"))
+	t.Logf("conntrack after handshake:\n%s", l.ConntrackList(t, "udp"))
 
 	// 2. Wait 2×timeout+2s.
 	wait := 2*timeout + 2*time.Second
@@ -211,29 +170,24 @@ func labUDPMappingExperiment(t *testing.T, mode labUDPMode) {
 	if mode != labUDPIdle {
 		t.Logf("sent %d packets during %v idle wait", sent, wait)
 	}
-	t.Logf("conntrack before push (t=%.1fs):\n%s", time.Since(start).Seconds(), l.conntrackList(t, "udp"))
-	destroyedBeforePush := ev.grep("[DESTROY]", tuple)
+	t.Logf("conntrack before push (t=%.1fs):\n%s", time.Since(start).Seconds(), l.ConntrackList(t, "udp"))
+	destroyedBeforePush := ev.Grep("[DESTROY]", tuple)
 
 	// 3. Server pushes to the recorded mapping.
 	if _, err := srv.WriteToUDPAddrPort([]byte("push"), mapped); err != nil {
 		t.Fatalf("server push: %v", err)
 	}
-	got, err := labReadUDP(cli, 3*time.Second)
+	got, err := readUDP(cli, 3*time.Second)
 	pushArrived := err == nil && got == "push"
 	if err == nil && got != "push" {
 		t.Fatalf("client received unexpected %q", got)
 	}
 
-	// Drain what the server received during the wait.
+	// What the server received during the wait, after the hello.
+	time.Sleep(200 * time.Millisecond)
 	var serverGot []string
-drain:
-	for {
-		select {
-		case p := <-pkts:
-			serverGot = append(serverGot, p.data)
-		case <-time.After(200 * time.Millisecond):
-			break drain
-		}
+	for _, g := range srvPeer.All()[1:] {
+		serverGot = append(serverGot, g.Data)
 	}
 
 	switch mode {
@@ -241,7 +195,7 @@ drain:
 		if pushArrived {
 			t.Fatalf("push arrived after %v idle with udp timeout %v: the mapping did not expire", wait, timeout)
 		}
-		if !ev.waitFor(5*time.Second, "[DESTROY]", tuple) {
+		if !ev.WaitFor(5*time.Second, "[DESTROY]", tuple) {
 			t.Fatalf("no conntrack DESTROY event for %s; events:\n%s", tuple, ev.Output())
 		}
 		t.Logf("push did not arrive (%v); DESTROY events before push: %d", err, len(destroyedBeforePush))
@@ -269,11 +223,11 @@ drain:
 		}
 	}
 	if mode != labUDPIdle {
-		if d := ev.grep("[DESTROY]", tuple); len(d) > 0 {
+		if d := ev.Grep("[DESTROY]", tuple); len(d) > 0 {
 			t.Errorf("conntrack destroyed the flow although it was refreshed:\n%s", strings.Join(d, "\n"))
 		}
 	}
-	t.Logf("conntrack events for %s:\n%s", tuple, strings.Join(ev.grep(tuple), "\n"))
+	t.Logf("conntrack events for %s:\n%s", tuple, strings.Join(ev.Grep(tuple), "\n"))
 	if len(serverGot) > 0 {
 		t.Logf("server received during wait: %q", serverGot)
 	}
@@ -302,33 +256,19 @@ func TestLabUDPTTL1RefreshesMapping(t *testing.T) {
 func TestLabTCPIdleDies(t *testing.T) {
 	t.Parallel()
 	const timeout = 3 * time.Second
-	l := newNATLab(t, labConfig{TCPEstablishedTimeout: timeout, TCPLoose: false})
-	ev := l.conntrackEvents(t, "tcp")
+	l := New(t, Config{TCPEstablishedTimeout: timeout, TCPLoose: false})
+	ev := l.ConntrackEvents(t, "tcp")
 
-	ln := l.listenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 0).String())
+	ln := l.ListenTCP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 0).String())
 	srvAddr := ln.Addr().(*net.TCPAddr).AddrPort()
-	accepted := make(chan *net.TCPConn, 1)
-	go func() {
-		ln.SetDeadline(time.Now().Add(10 * time.Second))
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	cli := l.dialTCP(t, l.Client, srvAddr.String())
-	var srv *net.TCPConn
-	select {
-	case srv = <-accepted:
-	case <-time.After(10 * time.Second):
-	}
-	if srv == nil {
-		t.Fatal("server did not accept the connection")
+	cli := l.DialTCP(t, l.Client, srvAddr.String())
+	srv, err := nktest.AcceptWithin(ln, 10*time.Second)
+	if err != nil {
+		t.Fatalf("server did not accept the connection: %v", err)
 	}
 	t.Cleanup(func() { srv.Close() })
 	cliAddr := netip.AddrPortFrom(l.ClientAddr, uint16(cli.LocalAddr().(*net.TCPAddr).Port))
-	tuple := labTuple(cliAddr, srvAddr)
+	tuple := Tuple(cliAddr, srvAddr)
 	if from := srv.RemoteAddr().(*net.TCPAddr).AddrPort(); from.Addr().Unmap() != l.RouterOuter {
 		t.Fatalf("server saw peer %v, want router outer address %v", from, l.RouterOuter)
 	}
@@ -355,7 +295,7 @@ func TestLabTCPIdleDies(t *testing.T) {
 		t.Fatalf("server→client: %v", err)
 	}
 	start := time.Now()
-	ct := l.conntrackList(t, "tcp")
+	ct := l.ConntrackList(t, "tcp")
 	if !strings.Contains(ct, "ESTABLISHED") || !strings.Contains(ct, tuple) {
 		t.Fatalf("conntrack has no ESTABLISHED entry for %s:\n%s", tuple, ct)
 	}
@@ -363,7 +303,7 @@ func TestLabTCPIdleDies(t *testing.T) {
 
 	wait := 2*timeout + 2*time.Second
 	time.Sleep(wait)
-	t.Logf("after %v idle, conntrack:\n%s", time.Since(start).Round(time.Millisecond), l.conntrackList(t, "tcp"))
+	t.Logf("after %v idle, conntrack:\n%s", time.Since(start).Round(time.Millisecond), l.ConntrackList(t, "tcp"))
 
 	_, werr := srv.Write([]byte("push"))
 	cli.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -381,74 +321,74 @@ func TestLabTCPIdleDies(t *testing.T) {
 	srv.SetReadDeadline(time.Now().Add(2 * time.Second))
 	_, srvErr := srv.Read(buf)
 	t.Logf("server write after idle: %v; client read: %v; server read afterwards: %v", werr, rerr, srvErr)
-	if !ev.waitFor(5*time.Second, "[DESTROY]", tuple) {
+	if !ev.WaitFor(5*time.Second, "[DESTROY]", tuple) {
 		t.Fatalf("no conntrack DESTROY event for %s; events:\n%s", tuple, ev.Output())
 	}
-	t.Logf("conntrack events for %s:\n%s", tuple, strings.Join(ev.grep(tuple), "\n"))
+	t.Logf("conntrack events for %s:\n%s", tuple, strings.Join(ev.Grep(tuple), "\n"))
 }
 
 // TestLabIPv6Masquerade checks the IPv6 half of the lab: the server sees the
 // router's outer v6 address and the reply returns through the mapping.
 func TestLabIPv6Masquerade(t *testing.T) {
 	t.Parallel()
-	l := newNATLab(t, labConfig{IPv6: true})
-	ev := l.conntrackEvents(t, "udp")
-	srv := l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr6, 0).String())
+	l := New(t, Config{IPv6: true})
+	ev := l.ConntrackEvents(t, "udp")
+	srv := l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr6, 0).String())
 	srvAddr := srv.LocalAddr().(*net.UDPAddr).AddrPort()
-	pkts := labServeUDP(srv)
-	cli := l.dialUDP(t, l.Client, srvAddr.String())
+	srvPeer := nktest.NewUDP(t, srv)
+	cli := l.DialUDP(t, l.Client, srvAddr.String())
 	cliAddr := cli.LocalAddr().(*net.UDPAddr).AddrPort()
 
-	var p labUDPPacket
+	var p nktest.Datagram
 	var ok bool
 	// Neighbour discovery may drop the very first packet; retry a few times.
 	for i := 0; i < 5 && !ok; i++ {
 		cli.Write([]byte("hello6"))
-		p, ok = labRecvPacket(t, pkts, time.Second)
+		p, ok = srvPeer.WaitData(time.Second, "hello6")
 	}
 	if !ok {
 		t.Fatal("server did not receive the IPv6 datagram")
 	}
-	if p.from.Addr() != l.RouterOuter6 {
-		t.Fatalf("server saw %v, want router outer %v", p.from, l.RouterOuter6)
+	if p.From.Addr() != l.RouterOuter6 {
+		t.Fatalf("server saw %v, want router outer %v", p.From, l.RouterOuter6)
 	}
-	srv.WriteToUDPAddrPort([]byte("welcome6"), p.from)
-	if got, err := labReadUDP(cli, 3*time.Second); err != nil || got != "welcome6" {
+	srv.WriteToUDPAddrPort([]byte("welcome6"), p.From)
+	if got, err := readUDP(cli, 3*time.Second); err != nil || got != "welcome6" {
 		t.Fatalf("client did not get the v6 reply: %q, %v", got, err)
 	}
-	tuple := labTuple(cliAddr, srvAddr)
-	if ct := l.conntrackList(t, "udp"); !strings.Contains(ct, tuple) {
+	tuple := Tuple(cliAddr, srvAddr)
+	if ct := l.ConntrackList(t, "udp"); !strings.Contains(ct, tuple) {
 		t.Errorf("conntrack -L has no entry for %s:\n%s", tuple, ct)
 	}
-	if !ev.waitFor(2*time.Second, "[NEW]", tuple) {
+	if !ev.WaitFor(2*time.Second, "[NEW]", tuple) {
 		t.Errorf("conntrack -E showed no IPv6 NEW event for %s:\n%s", tuple, ev.Output())
 	}
-	t.Logf("v6: %v → %v seen as %v; events:\n%s", cliAddr, srvAddr, p.from, strings.Join(ev.grep(tuple), "\n"))
+	t.Logf("v6: %v → %v seen as %v; events:\n%s", cliAddr, srvAddr, p.From, strings.Join(ev.Grep(tuple), "\n"))
 }
 
-// TestLabBlockServer checks blockServer: while blocked, the server's reply
+// TestLabBlockServer checks BlockServer: while blocked, the server's reply
 // does not reach the client; after unblock it does again.
 func TestLabBlockServer(t *testing.T) {
 	t.Parallel()
-	l := newNATLab(t, labConfig{UDPTimeout: 30 * time.Second, UDPStreamTimeout: 30 * time.Second})
-	srv := l.listenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 0).String())
-	pkts := labServeUDP(srv)
-	cli := l.dialUDP(t, l.Client, srv.LocalAddr().String())
+	l := New(t, Config{UDPTimeout: 30 * time.Second, UDPStreamTimeout: 30 * time.Second})
+	srv := l.ListenUDP(t, l.Server, netip.AddrPortFrom(l.ServerAddr, 0).String())
+	srvPeer := nktest.NewUDP(t, srv)
+	cli := l.DialUDP(t, l.Client, srv.LocalAddr().String())
 
 	roundTrip := func(msg string) bool {
 		cli.Write([]byte(msg))
-		p, ok := labRecvPacket(t, pkts, 2*time.Second)
+		p, ok := srvPeer.WaitData(2*time.Second, msg)
 		if !ok {
 			t.Fatalf("server did not receive %q", msg)
 		}
-		srv.WriteToUDPAddrPort([]byte("re-"+msg), p.from)
-		got, err := labReadUDP(cli, time.Second)
+		srv.WriteToUDPAddrPort([]byte("re-"+msg), p.From)
+		got, err := readUDP(cli, time.Second)
 		return err == nil && got == "re-"+msg
 	}
 	if !roundTrip("one") {
 		t.Fatal("round trip failed before blocking")
 	}
-	unblock := l.blockServer(t)
+	unblock := l.BlockServer(t)
 	if roundTrip("two") {
 		t.Fatal("reply reached the client although the server is blocked")
 	}
@@ -463,14 +403,14 @@ func TestLabBlockServer(t *testing.T) {
 // its test finishes, and that the host's conntrack sysctls were not changed.
 func TestLabCleanup(t *testing.T) {
 	t.Parallel()
-	labSkipUnlessCapable(t, true)
+	SkipUnlessCapable(t, true)
 	hostBefore, _ := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_udp_timeout")
 	var names []string
-	var proc *labProc
+	var proc *Proc
 	t.Run("lab", func(t *testing.T) {
-		l := newNATLab(t, labConfig{UDPTimeout: 7 * time.Second, IPv6: true})
+		l := New(t, Config{UDPTimeout: 7 * time.Second, IPv6: true})
 		names = []string{l.Client, l.Router, l.Server}
-		proc = l.startProcess(t, l.Client, []string{"NATLAB_X=1"}, "sh", "-c", "echo started $NATLAB_X; exec sleep 300")
+		proc = l.StartProcess(t, l.Client, []string{"NATLAB_X=1"}, "sh", "-c", "echo started $NATLAB_X; exec sleep 300")
 		deadline := time.Now().Add(5 * time.Second)
 		for !strings.Contains(proc.Output(), "started 1") && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
@@ -478,16 +418,16 @@ func TestLabCleanup(t *testing.T) {
 		if !strings.Contains(proc.Output(), "started 1") {
 			t.Fatalf("process output %q", proc.Output())
 		}
-		if err := proc.Wait(100 * time.Millisecond); !errors.Is(err, errLabWaitTimeout) {
+		if err := proc.Wait(100 * time.Millisecond); !errors.Is(err, ErrWaitTimeout) {
 			t.Fatalf("Wait on a running process: %v", err)
 		}
-		if got := strings.TrimSpace(l.run(t, l.Router, "sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout")); got != "7" {
+		if got := strings.TrimSpace(l.Run(t, l.Router, "sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout")); got != "7" {
 			t.Fatalf("router udp timeout %q", got)
 		}
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), labCmdTimeout)
+	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
 	defer cancel()
-	out, err := labExec(ctx, "", "ip", "netns", "list")
+	out, err := Exec(ctx, "", "ip", "netns", "list")
 	if err != nil {
 		t.Fatalf("ip netns list: %v\n%s", err, out)
 	}
@@ -510,13 +450,13 @@ func TestLabCleanup(t *testing.T) {
 	}
 }
 
-// TestLabNatkeepBinaryBuilds checks natkeepBinary (not parallel: the build
+// TestLabNatkeepBinaryBuilds checks NatkeepBinary (not parallel: the build
 // competes for CPU with the timing-sensitive lab tests).
 func TestLabNatkeepBinaryBuilds(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	p := natkeepBinary(t)
+	p := NatkeepBinary(t)
 	fi, err := os.Stat(p)
 	if err != nil {
 		t.Fatal(err)
@@ -524,7 +464,11 @@ func TestLabNatkeepBinaryBuilds(t *testing.T) {
 	if fi.Mode()&0o111 == 0 {
 		t.Fatalf("%s is not executable (%v)", p, fi.Mode())
 	}
-	if p2 := natkeepBinary(t); p2 != p {
+	if p2 := NatkeepBinary(t); p2 != p {
 		t.Fatalf("second call returned %s, want cached %s", p2, p)
 	}
 }
+
+// TestMain removes the natkeep build and checks that no lab namespace
+// leaked.
+func TestMain(m *testing.M) { Main(m) }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -11,18 +11,18 @@ import (
 	"github.com/natkeep/natkeep/sockopt"
 )
 
-// fuzzCheckConfig checks what loadConfig promises for any input: an error
-// is a *configError naming a NATKEEP_ variable, and a config it accepts
+// fuzzCheckConfig checks what Load promises for any input: an error
+// is an *Error naming a NATKEEP_ variable, and a config it accepts
 // satisfies every validation rule.
 func fuzzCheckConfig(t *testing.T, env map[string]string) {
-	c, err := loadConfig(env)
+	c, err := Load(env)
 	if err != nil {
 		if c != nil {
 			t.Errorf("config %+v returned along with error %v", c, err)
 		}
-		var ce *configError
+		var ce *Error
 		if !errors.As(err, &ce) {
-			t.Fatalf("error %q is %T, want *configError", err, err)
+			t.Fatalf("error %q is %T, want *Error", err, err)
 		}
 		if !strings.HasPrefix(err.Error(), envPrefix) {
 			t.Fatalf("error %q does not start with %s", err, envPrefix)
@@ -140,7 +140,7 @@ func fuzzCheckTCP(t *testing.T, n int, o relay.TCPOptions) {
 	}
 }
 
-// FuzzLoadConfig feeds arbitrary NATKEEP_ROUTES lists to loadConfig.
+// FuzzLoadConfig feeds arbitrary NATKEEP_ROUTES lists to Load.
 func FuzzLoadConfig(f *testing.F) {
 	for _, s := range []string{
 		"udp://127.0.0.1:5060/sip.example.net:5060",

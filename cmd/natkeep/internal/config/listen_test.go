@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"syscall"
@@ -22,8 +22,8 @@ func TestListenFailureNamesOrigin(t *testing.T) {
 		t.Fatalf("%d routes, want %d", len(cfg.Relay.Routes), len(want))
 	}
 	for i, rt := range cfg.Relay.Routes {
-		err := listenFailure(cfg, &relay.ListenError{Index: i, Route: rt, Err: syscall.EADDRINUSE})
-		if _, ok := err.(*configError); !ok || err.Error() != want[i] {
+		err := cfg.ListenError(&relay.ListenError{Index: i, Route: rt, Err: syscall.EADDRINUSE})
+		if _, ok := err.(*Error); !ok || err.Error() != want[i] {
 			t.Errorf("route %d: %v (%T), want the configuration error %q", i, err, err, want[i])
 		}
 	}

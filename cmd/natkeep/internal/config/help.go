@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -8,9 +8,9 @@ import (
 	"text/tabwriter"
 )
 
-// printHelp lists every variable with its default and meaning, straight
-// from the envConfig tags, so help and parser cannot disagree.
-func printHelp(w io.Writer) {
+// Help writes `natkeep help`: usage, route syntax, and every variable with its default and meaning.
+func Help(w io.Writer) {
+	// Straight from the env struct tags, so help and parser cannot disagree.
 	fmt.Fprint(w, `natkeep keeps NAT and firewall mappings alive for the applications it relays.
 
 Usage:
@@ -55,7 +55,7 @@ func printVars(tw *tabwriter.Writer, t reflect.Type) {
 		case "INTERCEPT":
 			def = "(off)"
 		case "ADMIN_ADDR":
-			def = defaultAdminAddr
+			def = DefaultAdminAddr
 		case "TCP_USER_TIMEOUT":
 			def = "idle+interval*count"
 		case "UDP_HEARTBEAT_REPLY":

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -8,26 +8,39 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/natkeep/natkeep/relay"
 )
 
 // Test helpers here are prefixed icpt* so they cannot collide with helpers
-// in the other test files of package main.
+// in the other test files of this package.
 
-func icptLoad(t *testing.T, kv ...string) (*interceptConfig, error) {
+func icptLoad(t *testing.T, kv ...string) (*Intercept, error) {
 	t.Helper()
 	env := map[string]string{}
 	for i := 0; i+1 < len(kv); i += 2 {
 		env[kv[i]] = kv[i+1]
 	}
-	return loadInterceptConfig(env)
+	return LoadIntercept(env)
 }
 
-func icptRule(proto, prefix string, lo, hi uint16) interceptRule {
-	r := interceptRule{Proto: proto, PortLo: lo, PortHi: hi}
+func icptRule(proto, prefix string, lo, hi uint16) relay.InterceptRule {
+	r := relay.InterceptRule{Proto: relay.Proto(proto), PortLo: lo, PortHi: hi}
 	if prefix != "" {
 		r.Prefix = netip.MustParsePrefix(prefix)
 	}
 	return r
+}
+
+// icptMatch is the entry (1-based) of the first rule that intercepts proto
+// traffic to dst, 0 for none: the rule the relay picks for a flow.
+func icptMatch(c *Intercept, proto string, dst netip.AddrPort) int {
+	for i, r := range c.Rules {
+		if r.Proto == relay.Proto(proto) && r.Matches(dst) {
+			return i + 1
+		}
+	}
+	return 0
 }
 
 func TestInterceptConfigDefaults(t *testing.T) {
@@ -35,11 +48,11 @@ func TestInterceptConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &interceptConfig{TCPPort: 15001, UDPPort: 15002, Mark: 0x4e4b, BypassMark: 0x4e4c, UID: 65532, MatchUID: true, Table: 100}
+	want := &Intercept{TCPPort: 15001, UDPPort: 15002, Mark: 0x4e4b, BypassMark: 0x4e4c, UID: 65532, MatchUID: true, Table: 100}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
-	if c.Enabled() || c.HasProto("udp") || c.HasProto("tcp") {
+	if c.Enabled() || c.HasProto(relay.UDP) || c.HasProto(relay.TCP) {
 		t.Error("interception on without NATKEEP_INTERCEPT")
 	}
 	// Blank is off too, not an error.
@@ -61,7 +74,7 @@ func TestInterceptConfigRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []interceptRule{
+	want := []relay.InterceptRule{
 		icptRule("udp", "", 5060, 5060),
 		icptRule("udp", "10.0.0.0/8", 3478, 3478),
 		icptRule("tcp", "", 5432, 5432),
@@ -77,18 +90,18 @@ func TestInterceptConfigRules(t *testing.T) {
 		t.Fatalf("%d rules, want %d: %+v", len(c.Rules), len(want), c.Rules)
 	}
 	for i, w := range want {
-		w.N, w.Entry = i+1, entries[i]
+		we := entry{text: entries[i]}
 		if i == 6 {
-			w.Query = "payload=stun&interval=15s"
+			we.query = "payload=stun&interval=15s"
 		}
-		if c.Rules[i] != w {
-			t.Errorf("rule %d = %+v, want %+v", i+1, c.Rules[i], w)
+		if !reflect.DeepEqual(c.Rules[i], w) || c.entries[i] != we {
+			t.Errorf("rule %d = %+v %+v, want %+v %+v", i+1, c.Rules[i], c.entries[i], w, we)
 		}
-		if s := c.Rules[i].String(); s != canon[i] {
-			t.Errorf("rule %d String() = %q, want %q", i+1, s, canon[i])
+		if s := InterceptEntry(c.Rules[i]); s != canon[i] {
+			t.Errorf("rule %d InterceptEntry = %q, want %q", i+1, s, canon[i])
 		}
 	}
-	if !c.Enabled() || !c.HasProto("udp") || !c.HasProto("tcp") {
+	if !c.Enabled() || !c.HasProto(relay.UDP) || !c.HasProto(relay.TCP) {
 		t.Errorf("Enabled/HasProto wrong for %+v", c)
 	}
 	for _, tt := range []struct {
@@ -114,8 +127,7 @@ func TestInterceptConfigRules(t *testing.T) {
 		{"tcp", "[2001:db8::1]:7", 8},
 		{"tcp", "1.2.3.4:7", 0},
 	} {
-		r, ok := c.Match(tt.proto, netip.MustParseAddrPort(tt.dst))
-		if got := map[bool]int{true: r.N, false: 0}[ok]; got != tt.rule {
+		if got := icptMatch(c, tt.proto, netip.MustParseAddrPort(tt.dst)); got != tt.rule {
 			t.Errorf("Match(%s, %s) = entry %d, want %d", tt.proto, tt.dst, got, tt.rule)
 		}
 	}
@@ -227,9 +239,9 @@ func TestInterceptConfigErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("no error; config %+v", c)
 			}
-			var ce *configError
+			var ce *Error
 			if !errors.As(err, &ce) {
-				t.Errorf("error %T is not a *configError (exit status 2)", err)
+				t.Errorf("error %T is not an *Error (exit status 2)", err)
 			}
 			if err.Error() != tt.want {
 				t.Errorf("error\n got %s\nwant %s", err, tt.want)
@@ -238,7 +250,7 @@ func TestInterceptConfigErrors(t *testing.T) {
 	}
 }
 
-// icptDefaults are the route settings loadConfig derives from an empty
+// icptDefaults are the route settings Load derives from an empty
 // environment (the defaults of every intercepted entry).
 func icptDefaults() routeSettings {
 	return routeSettings{
@@ -253,21 +265,21 @@ func TestInterceptConfigOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := c.Rules[0].udpOptions(icptDefaults())
+	u, err := c.udpOptions(0, icptDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u.Heartbeat.Interval != 15*time.Second || u.Payload.String() != "stun" || !u.Reply.Enabled() {
 		t.Errorf("udp:5060 overrides not applied: %+v", u)
 	}
-	u, err = c.Rules[1].udpOptions(icptDefaults())
+	u, err = c.udpOptions(1, icptDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u.Heartbeat.Interval != 20*time.Second || u.Payload.String() != "empty" || u.MaxFlows != 65536 {
 		t.Errorf("udp:5061 is not the defaults: %+v", u)
 	}
-	tc, err := c.Rules[2].tcpOptions(icptDefaults())
+	tc, err := c.tcpOptions(2, icptDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,39 +288,10 @@ func TestInterceptConfigOverrides(t *testing.T) {
 	}
 	// Values are checked against the defaults when options are built, and
 	// the error names the entry.
-	if _, err := c.Rules[3].udpOptions(icptDefaults()); err == nil || err.Error() != `NATKEEP_INTERCEPT entry 4 "udp:5062?ttl=300": ttl=300: must be 0 (off) or 1..255` {
+	if _, err := c.udpOptions(3, icptDefaults()); err == nil || err.Error() != `NATKEEP_INTERCEPT entry 4 "udp:5062?ttl=300": ttl=300: must be 0 (off) or 1..255` {
 		t.Errorf("ttl=300: %v", err)
 	}
-	if _, err := c.Rules[4].tcpOptions(icptDefaults()); err == nil || !strings.HasPrefix(err.Error(), `NATKEEP_INTERCEPT entry 5 "tcp:1?user_timeout=1us": user_timeout=1us: `) {
+	if _, err := c.tcpOptions(4, icptDefaults()); err == nil || !strings.HasPrefix(err.Error(), `NATKEEP_INTERCEPT entry 5 "tcp:1?user_timeout=1us": user_timeout=1us: `) {
 		t.Errorf("user_timeout=1us: %v", err)
-	}
-}
-
-func TestInterceptCLIUsage(t *testing.T) {
-	for _, tt := range []struct {
-		args     []string
-		env      map[string]string
-		code     int
-		out, err string // substrings; "" = must be empty
-	}{
-		{[]string{"intercept", "help"}, nil, 0, "usage: natkeep intercept install|remove|show", ""},
-		{[]string{"intercept", "--help"}, nil, 0, "usage: natkeep intercept install|remove|show", ""},
-		{[]string{"intercept"}, nil, 2, "", `natkeep: intercept: want one of install, remove or show, got []`},
-		{[]string{"intercept", "add"}, nil, 2, "", `natkeep: intercept: want one of install, remove or show, got ["add"]`},
-		{[]string{"intercept", "install", "now"}, nil, 2, "", `got ["install" "now"]`},
-		{[]string{"intercept", "install"}, nil, 2, "", "natkeep: NATKEEP_INTERCEPT is empty: nothing to intercept (set it to a list such as udp:5060,tcp:10.0.0.0/8:5432)\n"},
-		{[]string{"intercept", "install"}, map[string]string{"NATKEEP_INTERCEPT": "udp:0"}, 2, "", "natkeep: NATKEEP_INTERCEPT entry 1 \"udp:0\": port 0 out of range 1..65535\n"},
-		{[]string{"intercept", "remove"}, map[string]string{"NATKEEP_INTERCEPT_TABLE": "254"}, 2, "", `natkeep: NATKEEP_INTERCEPT_TABLE="254": that is the kernel's main table`},
-	} {
-		code, out, errOut := cliRun(t, tt.env, tt.args...)
-		if code != tt.code {
-			t.Errorf("%v: exit %d, want %d (stderr %q)", tt.args, code, tt.code, errOut)
-		}
-		if tt.out == "" && out != "" || !strings.Contains(out, tt.out) {
-			t.Errorf("%v: stdout %q, want it to contain %q", tt.args, out, tt.out)
-		}
-		if tt.err == "" && errOut != "" || !strings.Contains(errOut, tt.err) {
-			t.Errorf("%v: stderr %q, want it to contain %q", tt.args, errOut, tt.err)
-		}
 	}
 }

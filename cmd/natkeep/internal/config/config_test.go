@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ import (
 )
 
 // Test helpers are prefixed cfg* so they cannot collide with helpers in the
-// other test files of package main.
+// other test files of this package.
 
 const (
 	cfgUDPRoute = "udp://127.0.0.1:5060/sip.example.net:5060"
@@ -76,14 +76,14 @@ func cfgTCPDefaults() relay.TCPOptions {
 }
 
 // cfgLoad loads env and fails the test on error.
-func cfgLoad(t *testing.T, env map[string]string) *config {
+func cfgLoad(t *testing.T, env map[string]string) *Config {
 	t.Helper()
-	c, err := loadConfig(env)
+	c, err := Load(env)
 	if err != nil {
-		t.Fatalf("loadConfig(%v): unexpected error: %v", env, err)
+		t.Fatalf("Load(%v): unexpected error: %v", env, err)
 	}
 	if c == nil {
-		t.Fatalf("loadConfig(%v): nil config and nil error", env)
+		t.Fatalf("Load(%v): nil config and nil error", env)
 	}
 	return c
 }
@@ -98,20 +98,20 @@ func cfgOneRoute(t *testing.T, env map[string]string) relay.Route {
 	return c.Relay.Routes[0]
 }
 
-// cfgWantErr loads env, expects a *configError and checks that the message
+// cfgWantErr loads env, expects an *Error and checks that the message
 // starts with NATKEEP_ and contains every fragment.
 func cfgWantErr(t *testing.T, env map[string]string, frags ...string) string {
 	t.Helper()
-	c, err := loadConfig(env)
+	c, err := Load(env)
 	if err == nil {
-		t.Fatalf("loadConfig(%v) = %+v, want an error containing %q", env, c, frags)
+		t.Fatalf("Load(%v) = %+v, want an error containing %q", env, c, frags)
 	}
 	if c != nil {
-		t.Errorf("loadConfig returned a config along with error %v", err)
+		t.Errorf("Load returned a config along with error %v", err)
 	}
-	var ce *configError
+	var ce *Error
 	if !errors.As(err, &ce) {
-		t.Errorf("error %v is %T, want *configError", err, err)
+		t.Errorf("error %v is %T, want *Error", err, err)
 	}
 	msg := err.Error()
 	if !strings.HasPrefix(msg, envPrefix) {
@@ -201,194 +201,194 @@ func TestConfigGlobalVariables(t *testing.T) {
 	tests := []struct {
 		name  string
 		kv    []string
-		check func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions)
+		check func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions)
 	}{
-		{"heartbeat interval", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "5s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat interval", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "5s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Heartbeat.Interval != 5*time.Second {
 				t.Errorf("Interval = %v", u.Heartbeat.Interval)
 			}
 		}},
-		{"heartbeat interval 0 is off", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "0"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat interval 0 is off", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "0"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Heartbeat.Interval != 0 || u.Heartbeat.Enabled() {
 				t.Errorf("Interval = %v, want 0 (off)", u.Heartbeat.Interval)
 			}
 		}},
-		{"heartbeat interval minimum 100ms", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "100ms"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat interval minimum 100ms", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "100ms"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Heartbeat.Interval != 100*time.Millisecond {
 				t.Errorf("Interval = %v", u.Heartbeat.Interval)
 			}
 		}},
-		{"heartbeat payload crlf", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat payload crlf", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Payload.Kind != keepalive.PayloadCRLF || string(u.Payload.Bytes) != "\r\n" || u.Reply.Kind != keepalive.ReplyNone || u.Heartbeat.ExpectReply {
 				t.Errorf("payload %+v reply %+v", u.Payload, u.Reply)
 			}
 		}},
-		{"heartbeat payload stun implies reply stun", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "stun"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat payload stun implies reply stun", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "stun"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Payload.Kind != keepalive.PayloadSTUN || u.Reply.Kind != keepalive.ReplySTUN || !u.Heartbeat.ExpectReply {
 				t.Errorf("payload %+v reply %+v expect %v", u.Payload, u.Reply, u.Heartbeat.ExpectReply)
 			}
 		}},
-		{"heartbeat payload hex", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "hex:deadBEEF"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat payload hex", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "hex:deadBEEF"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Payload.Kind != keepalive.PayloadBytes || string(u.Payload.Bytes) != "\xde\xad\xbe\xef" {
 				t.Errorf("payload %+v", u.Payload)
 			}
 		}},
-		{"heartbeat ttl", []string{"NATKEEP_UDP_HEARTBEAT_TTL", "3"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat ttl", []string{"NATKEEP_UDP_HEARTBEAT_TTL", "3"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.TTL != 3 {
 				t.Errorf("TTL = %d", u.TTL)
 			}
 		}},
-		{"heartbeat ttl 255", []string{"NATKEEP_UDP_HEARTBEAT_TTL", "255"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat ttl 255", []string{"NATKEEP_UDP_HEARTBEAT_TTL", "255"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.TTL != 255 {
 				t.Errorf("TTL = %d", u.TTL)
 			}
 		}},
-		{"heartbeat reply text", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "text:ping", "NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat reply text", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "text:ping", "NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Reply.Kind != keepalive.ReplyBytes || string(u.Reply.Bytes) != "pong" || !u.Heartbeat.ExpectReply || u.Reply.String() != "text:pong" {
 				t.Errorf("reply %+v expect %v", u.Reply, u.Heartbeat.ExpectReply)
 			}
 		}},
-		{"heartbeat reply none", []string{"NATKEEP_UDP_HEARTBEAT_REPLY", "none"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"heartbeat reply none", []string{"NATKEEP_UDP_HEARTBEAT_REPLY", "none"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Reply.Kind != keepalive.ReplyNone || u.Heartbeat.ExpectReply {
 				t.Errorf("reply %+v", u.Reply)
 			}
 		}},
-		{"dead after", []string{"NATKEEP_UDP_DEAD_AFTER", "5"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"dead after", []string{"NATKEEP_UDP_DEAD_AFTER", "5"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.Heartbeat.DeadAfter != 5 {
 				t.Errorf("DeadAfter = %d", u.Heartbeat.DeadAfter)
 			}
 		}},
-		{"flow idle timeout", []string{"NATKEEP_UDP_FLOW_IDLE_TIMEOUT", "90s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"flow idle timeout", []string{"NATKEEP_UDP_FLOW_IDLE_TIMEOUT", "90s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.FlowIdleTimeout != 90*time.Second {
 				t.Errorf("FlowIdleTimeout = %v", u.FlowIdleTimeout)
 			}
 		}},
-		{"max flows", []string{"NATKEEP_UDP_MAX_FLOWS", "10"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"max flows", []string{"NATKEEP_UDP_MAX_FLOWS", "10"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if u.MaxFlows != 10 {
 				t.Errorf("MaxFlows = %d", u.MaxFlows)
 			}
 		}},
-		{"keepalive idle changes default user timeout", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "30s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive idle changes default user timeout", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "30s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive.Idle != 30*time.Second || tc.UserTimeout != 90*time.Second {
 				t.Errorf("keepalive %+v user timeout %v, want idle 30s, user timeout 90s", tc.Keepalive, tc.UserTimeout)
 			}
 		}},
-		{"keepalive idle max 32767s", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "32767s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive idle max 32767s", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "32767s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive.Idle != 32767*time.Second {
 				t.Errorf("keepalive %+v", tc.Keepalive)
 			}
 		}},
-		{"keepalive idle 0 turns keepalive and default user timeout off", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "0"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive idle 0 turns keepalive and default user timeout off", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "0"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive != (sockopt.Keepalive{}) || tc.UserTimeout != 0 {
 				t.Errorf("keepalive %+v user timeout %v, want zero", tc.Keepalive, tc.UserTimeout)
 			}
 		}},
-		{"keepalive idle 0 keeps explicit user timeout", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "0", "NATKEEP_TCP_USER_TIMEOUT", "45s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive idle 0 keeps explicit user timeout", []string{"NATKEEP_TCP_KEEPALIVE_IDLE", "0", "NATKEEP_TCP_USER_TIMEOUT", "45s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive != (sockopt.Keepalive{}) || tc.UserTimeout != 45*time.Second {
 				t.Errorf("keepalive %+v user timeout %v", tc.Keepalive, tc.UserTimeout)
 			}
 		}},
-		{"keepalive interval", []string{"NATKEEP_TCP_KEEPALIVE_INTERVAL", "5s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive interval", []string{"NATKEEP_TCP_KEEPALIVE_INTERVAL", "5s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive.Interval != 5*time.Second || tc.UserTimeout != 90*time.Second {
 				t.Errorf("keepalive %+v user timeout %v", tc.Keepalive, tc.UserTimeout)
 			}
 		}},
-		{"keepalive count", []string{"NATKEEP_TCP_KEEPALIVE_COUNT", "3"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive count", []string{"NATKEEP_TCP_KEEPALIVE_COUNT", "3"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive.Count != 3 || tc.UserTimeout != 90*time.Second {
 				t.Errorf("keepalive %+v user timeout %v", tc.Keepalive, tc.UserTimeout)
 			}
 		}},
-		{"keepalive count 127", []string{"NATKEEP_TCP_KEEPALIVE_COUNT", "127"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"keepalive count 127", []string{"NATKEEP_TCP_KEEPALIVE_COUNT", "127"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.Keepalive.Count != 127 {
 				t.Errorf("keepalive %+v", tc.Keepalive)
 			}
 		}},
-		{"user timeout", []string{"NATKEEP_TCP_USER_TIMEOUT", "30s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"user timeout", []string{"NATKEEP_TCP_USER_TIMEOUT", "30s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.UserTimeout != 30*time.Second {
 				t.Errorf("UserTimeout = %v", tc.UserTimeout)
 			}
 		}},
-		{"user timeout 0 is off", []string{"NATKEEP_TCP_USER_TIMEOUT", "0"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"user timeout 0 is off", []string{"NATKEEP_TCP_USER_TIMEOUT", "0"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.UserTimeout != 0 || tc.Keepalive.Idle != 60*time.Second {
 				t.Errorf("UserTimeout = %v keepalive %+v", tc.UserTimeout, tc.Keepalive)
 			}
 		}},
-		{"connect timeout", []string{"NATKEEP_TCP_CONNECT_TIMEOUT", "3s"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"connect timeout", []string{"NATKEEP_TCP_CONNECT_TIMEOUT", "3s"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.ConnectTimeout != 3*time.Second {
 				t.Errorf("ConnectTimeout = %v", tc.ConnectTimeout)
 			}
 		}},
-		{"max conns", []string{"NATKEEP_TCP_MAX_CONNS", "100"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"max conns", []string{"NATKEEP_TCP_MAX_CONNS", "100"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if tc.MaxConns != 100 {
 				t.Errorf("MaxConns = %d", tc.MaxConns)
 			}
 		}},
-		{"resolve interval", []string{"NATKEEP_RESOLVE_INTERVAL", "1m"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"resolve interval", []string{"NATKEEP_RESOLVE_INTERVAL", "1m"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.Relay.ResolveInterval != time.Minute {
 				t.Errorf("ResolveInterval = %v", c.Relay.ResolveInterval)
 			}
 		}},
-		{"admin addr ipv4", []string{"NATKEEP_ADMIN_ADDR", "127.0.0.1:9000"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"admin addr ipv4", []string{"NATKEEP_ADMIN_ADDR", "127.0.0.1:9000"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.AdminAddr != "127.0.0.1:9000" {
 				t.Errorf("AdminAddr = %q", c.AdminAddr)
 			}
 		}},
-		{"admin addr ipv6", []string{"NATKEEP_ADMIN_ADDR", "[::1]:9000"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"admin addr ipv6", []string{"NATKEEP_ADMIN_ADDR", "[::1]:9000"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.AdminAddr != "[::1]:9000" {
 				t.Errorf("AdminAddr = %q", c.AdminAddr)
 			}
 		}},
-		{"admin addr all addresses", []string{"NATKEEP_ADMIN_ADDR", ":9000"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"admin addr all addresses", []string{"NATKEEP_ADMIN_ADDR", ":9000"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.AdminAddr != ":9000" {
 				t.Errorf("AdminAddr = %q", c.AdminAddr)
 			}
 		}},
-		{"admin addr empty disables", []string{"NATKEEP_ADMIN_ADDR", ""}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"admin addr empty disables", []string{"NATKEEP_ADMIN_ADDR", ""}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.AdminAddr != "" {
 				t.Errorf("AdminAddr = %q, want disabled", c.AdminAddr)
 			}
 		}},
-		{"admin addr off disables", []string{"NATKEEP_ADMIN_ADDR", "off"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"admin addr off disables", []string{"NATKEEP_ADMIN_ADDR", "off"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.AdminAddr != "" {
 				t.Errorf("AdminAddr = %q, want disabled", c.AdminAddr)
 			}
 		}},
-		{"drain timeout", []string{"NATKEEP_DRAIN_TIMEOUT", "1m"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"drain timeout", []string{"NATKEEP_DRAIN_TIMEOUT", "1m"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.Relay.DrainTimeout != time.Minute {
 				t.Errorf("DrainTimeout = %v", c.Relay.DrainTimeout)
 			}
 		}},
-		{"drain timeout 0", []string{"NATKEEP_DRAIN_TIMEOUT", "0"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"drain timeout 0", []string{"NATKEEP_DRAIN_TIMEOUT", "0"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.Relay.DrainTimeout != 0 {
 				t.Errorf("DrainTimeout = %v", c.Relay.DrainTimeout)
 			}
 		}},
-		{"log level case-insensitive", []string{"NATKEEP_LOG_LEVEL", "DEBUG"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"log level case-insensitive", []string{"NATKEEP_LOG_LEVEL", "DEBUG"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.LogLevel != "debug" {
 				t.Errorf("LogLevel = %q", c.LogLevel)
 			}
 		}},
-		{"log level warn", []string{"NATKEEP_LOG_LEVEL", "warn"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"log level warn", []string{"NATKEEP_LOG_LEVEL", "warn"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.LogLevel != "warn" {
 				t.Errorf("LogLevel = %q", c.LogLevel)
 			}
 		}},
-		{"log level error", []string{"NATKEEP_LOG_LEVEL", "error"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"log level error", []string{"NATKEEP_LOG_LEVEL", "error"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.LogLevel != "error" {
 				t.Errorf("LogLevel = %q", c.LogLevel)
 			}
 		}},
-		{"log format json", []string{"NATKEEP_LOG_FORMAT", "json"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"log format json", []string{"NATKEEP_LOG_FORMAT", "json"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.LogFormat != "json" {
 				t.Errorf("LogFormat = %q", c.LogFormat)
 			}
 		}},
-		{"log format text", []string{"NATKEEP_LOG_FORMAT", "text"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"log format text", []string{"NATKEEP_LOG_FORMAT", "text"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if c.LogFormat != "text" {
 				t.Errorf("LogFormat = %q", c.LogFormat)
 			}
 		}},
-		{"unrelated variables are ignored", []string{"NATKEEP_NO_SUCH_THING", "x", "PATH", "/bin"}, func(t *testing.T, c *config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"unrelated variables are ignored", []string{"NATKEEP_NO_SUCH_THING", "x", "PATH", "/bin"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if !reflect.DeepEqual(u, cfgUDPDefaults(t)) || !reflect.DeepEqual(tc, cfgTCPDefaults()) {
 				t.Errorf("defaults changed: %+v %+v", u, tc)
 			}
@@ -489,7 +489,7 @@ func TestConfigRoutesRequired(t *testing.T) {
 	// A bad value of another variable is reported as such.
 	cfgWantErr(t, map[string]string{"NATKEEP_UDP_HEARTBEAT_TTL": "x"}, "NATKEEP_UDP_HEARTBEAT_TTL")
 	// With interception configured, routes are optional.
-	c, err := loadConfig(map[string]string{"NATKEEP_INTERCEPT": "udp:5060,tcp:10.0.0.0/8:5432?keepalive_idle=30s"})
+	c, err := Load(map[string]string{"NATKEEP_INTERCEPT": "udp:5060,tcp:10.0.0.0/8:5432?keepalive_idle=30s"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -646,12 +646,12 @@ func TestConfigRouteErrors(t *testing.T) {
 
 // TestConfigRouteErrorExample is the message quoted in the documentation.
 func TestConfigRouteErrorExample(t *testing.T) {
-	_, err := loadConfig(cfgEnv("udp://:1/x:1,udp://:99999/x:1"))
+	_, err := Load(cfgEnv("udp://:1/x:1,udp://:99999/x:1"))
 	const want = `NATKEEP_ROUTES entry 2 "udp://:99999/x:1": listen port 99999 out of range 1..65535`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v, want %s", err, want)
 	}
-	_, err = loadConfig(cfgEnv(cfgUDPRoute, "NATKEEP_UDP_HEARTBEAT_TTL", "300"))
+	_, err = Load(cfgEnv(cfgUDPRoute, "NATKEEP_UDP_HEARTBEAT_TTL", "300"))
 	const want2 = `NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255`
 	if err == nil || err.Error() != want2 {
 		t.Errorf("got %v, want %s", err, want2)
@@ -937,7 +937,7 @@ func TestConfigErrorsDeterministic(t *testing.T) {
 	}
 	for _, c := range cases {
 		for range 50 {
-			_, err := loadConfig(map[string]string{"NATKEEP_ROUTES": c.routes})
+			_, err := Load(map[string]string{"NATKEEP_ROUTES": c.routes})
 			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("%s: error %v, want one line containing %q", c.routes, err, c.want)
 			}
@@ -947,7 +947,7 @@ func TestConfigErrorsDeterministic(t *testing.T) {
 
 // TestConfigPlusStaysPlus: '+' in a route value is a literal plus, not a space.
 func TestConfigPlusStaysPlus(t *testing.T) {
-	c, err := loadConfig(map[string]string{"NATKEEP_ROUTES": "udp://:5000/x:1?payload=text:a+b%2Cc"})
+	c, err := Load(map[string]string{"NATKEEP_ROUTES": "udp://:5000/x:1?payload=text:a+b%2Cc"})
 	if err != nil {
 		t.Fatal(err)
 	}

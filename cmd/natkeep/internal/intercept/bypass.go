@@ -1,18 +1,19 @@
-package main
+package intercept
 
 import (
 	"fmt"
 	"net"
 	"os"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
 	"github.com/natkeep/natkeep/sockopt"
 )
 
-// checkBypass makes sure natkeep's own traffic escapes interception before
-// it relays anything: either it runs as NATKEEP_INTERCEPT_UID (the rules
-// exempt that UID), or it can put the bypass mark on its sockets. Otherwise
-// every upstream connection would be intercepted again and loop.
-func checkBypass(ic *interceptConfig) error {
+// CheckBypass makes sure natkeep's own traffic will escape interception, before it relays anything.
+func CheckBypass(ic *config.Intercept) error {
+	// Either natkeep runs as NATKEEP_INTERCEPT_UID (the rules exempt that
+	// UID), or it can put the bypass mark on its sockets. Otherwise every
+	// upstream connection would be intercepted again and loop.
 	if !ic.Enabled() {
 		return nil
 	}
@@ -30,7 +31,7 @@ func checkBypass(ic *interceptConfig) error {
 			uid = fmt.Sprint(ic.UID)
 		}
 		return fmt.Errorf("transparent mode: natkeep runs as uid %d, not %s=%s, and cannot mark its sockets (%v): its own traffic would be intercepted and loop; run it as that UID or grant CAP_NET_ADMIN",
-			os.Geteuid(), interceptKey("UID"), uid, err)
+			os.Geteuid(), config.VarInterceptUID, uid, err)
 	}
 	return nil
 }

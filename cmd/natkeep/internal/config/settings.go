@@ -1,0 +1,237 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/natkeep/natkeep/keepalive"
+	"github.com/natkeep/natkeep/relay"
+	"github.com/natkeep/natkeep/sockopt"
+)
+
+// settingError is a bad value of one setting, known both as an
+// environment variable and as a route query key.
+type settingError struct {
+	key   string // query key, e.g. "ttl"
+	field string // envConfig field, e.g. "HeartbeatTTL"
+	value string
+	msg   string
+}
+
+func (e *settingError) Error() string { return fmt.Sprintf("%s=%s: %s", e.key, e.value, e.msg) }
+
+func globalError(err error) error {
+	var se *settingError
+	if errors.As(err, &se) {
+		return errorf("%s=%q: %s", envKey(se.field), se.value, se.msg)
+	}
+	return errorf("%v", err)
+}
+
+// routeSettings are the tunables a route may override with query keys.
+type routeSettings struct {
+	interval       time.Duration
+	payload        string
+	ttl            int
+	reply          string
+	deadAfter      int
+	ttlHeal        time.Duration
+	onDead         string
+	stunStrict     bool
+	idleTimeout    time.Duration
+	maxFlows       int
+	role           string
+	kaIdle         time.Duration
+	kaInterval     time.Duration
+	kaCount        int
+	userTimeout    string
+	connectTimeout time.Duration
+	maxConns       int
+}
+
+// queryKey describes one per-route override.
+type queryKey struct {
+	field string // envConfig field it overrides ("" for route-only keys)
+	proto relay.Proto
+	set   func(s *routeSettings, v string) error
+}
+
+func durationSetter(dst func(*routeSettings) *time.Duration) func(*routeSettings, string) error {
+	return func(s *routeSettings, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return errors.New("not a valid duration (e.g. 20s, 1m30s)")
+		}
+		*dst(s) = d
+		return nil
+	}
+}
+
+func intSetter(dst func(*routeSettings) *int) func(*routeSettings, string) error {
+	return func(s *routeSettings, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errors.New("not a valid whole number")
+		}
+		*dst(s) = n
+		return nil
+	}
+}
+
+func boolSetter(dst func(*routeSettings) *bool) func(*routeSettings, string) error {
+	return func(s *routeSettings, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*dst(s) = b
+		return nil
+	}
+}
+
+func stringSetter(dst func(*routeSettings) *string) func(*routeSettings, string) error {
+	return func(s *routeSettings, v string) error { *dst(s) = v; return nil }
+}
+
+// queryKeys are the per-route overrides; each names the variable it overrides.
+var queryKeys = map[string]queryKey{
+	"interval":           {"HeartbeatInterval", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.interval })},
+	"payload":            {"HeartbeatPayload", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.payload })},
+	"ttl":                {"HeartbeatTTL", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.ttl })},
+	"reply":              {"HeartbeatReply", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.reply })},
+	"dead_after":         {"DeadAfter", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.deadAfter })},
+	"ttl_heal":           {"HeartbeatTTLHeal", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.ttlHeal })},
+	"on_dead":            {"OnDead", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.onDead })},
+	"stun_strict":        {"STUNStrict", relay.UDP, boolSetter(func(s *routeSettings) *bool { return &s.stunStrict })},
+	"idle_timeout":       {"FlowIdleTimeout", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.idleTimeout })},
+	"max_flows":          {"MaxFlows", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.maxFlows })},
+	"role":               {"", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.role })},
+	"keepalive_idle":     {"KeepaliveIdle", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.kaIdle })},
+	"keepalive_interval": {"KeepaliveInterval", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.kaInterval })},
+	"keepalive_count":    {"KeepaliveCount", relay.TCP, intSetter(func(s *routeSettings) *int { return &s.kaCount })},
+	"user_timeout":       {"UserTimeout", relay.TCP, stringSetter(func(s *routeSettings) *string { return &s.userTimeout })},
+	"connect_timeout":    {"ConnectTimeout", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.connectTimeout })},
+	"max_conns":          {"MaxConns", relay.TCP, intSetter(func(s *routeSettings) *int { return &s.maxConns })},
+}
+
+// minHeartbeatInterval keeps a typo such as 20ms from flooding the upstream.
+const minHeartbeatInterval = 100 * time.Millisecond
+
+// udp validates the UDP settings and builds the relay options.
+func (s routeSettings) udp() (relay.UDPOptions, error) {
+	var o relay.UDPOptions
+	switch s.role {
+	case string(relay.RoleClient), string(relay.RoleResponder):
+		o.Role = relay.Role(s.role)
+	default:
+		return o, &settingError{"role", "", s.role, "want client or responder"}
+	}
+	if s.interval < 0 || (s.interval > 0 && s.interval < minHeartbeatInterval) {
+		return o, &settingError{"interval", "HeartbeatInterval", s.interval.String(), fmt.Sprintf("must be 0 (off) or at least %s", minHeartbeatInterval)}
+	}
+	p, err := keepalive.ParsePayload(s.payload)
+	if err != nil {
+		return o, &settingError{"payload", "HeartbeatPayload", s.payload, err.Error()}
+	}
+	r, err := keepalive.ParseReply(s.reply, p)
+	if err != nil {
+		return o, &settingError{"reply", "HeartbeatReply", s.reply, err.Error()}
+	}
+	if s.ttl < 0 || s.ttl > 255 {
+		return o, &settingError{"ttl", "HeartbeatTTL", strconv.Itoa(s.ttl), "must be 0 (off) or 1..255"}
+	}
+	if s.ttl > 0 && r.Enabled() {
+		return o, &settingError{"ttl", "HeartbeatTTL", strconv.Itoa(s.ttl), fmt.Sprintf("a TTL-limited heartbeat never reaches the server, so reply %s can never arrive; use one or the other", r)}
+	}
+	if s.deadAfter < 1 {
+		return o, &settingError{"dead_after", "DeadAfter", strconv.Itoa(s.deadAfter), "must be at least 1"}
+	}
+	if s.ttlHeal < 0 || (s.ttlHeal > 0 && s.ttlHeal < minHeartbeatInterval) {
+		return o, &settingError{"ttl_heal", "HeartbeatTTLHeal", s.ttlHeal.String(), fmt.Sprintf("must be 0 (never) or at least %s", minHeartbeatInterval)}
+	}
+	var rebind bool
+	switch s.onDead {
+	case "keep":
+	case "rebind":
+		rebind = true
+	default:
+		return o, &settingError{"on_dead", "OnDead", s.onDead, "want keep or rebind"}
+	}
+	if s.idleTimeout <= 0 {
+		return o, &settingError{"idle_timeout", "FlowIdleTimeout", s.idleTimeout.String(), "must be positive"}
+	}
+	if s.maxFlows < 1 {
+		return o, &settingError{"max_flows", "MaxFlows", strconv.Itoa(s.maxFlows), "must be at least 1"}
+	}
+	o.Payload, o.Reply, o.TTL, o.STUNStrict = p, r, s.ttl, s.stunStrict
+	o.FlowIdleTimeout, o.MaxFlows = s.idleTimeout, s.maxFlows
+	// Heal matters only with a TTL (the relay sends every heartbeat at the
+	// normal TTL otherwise); it is kept as configured so the options read
+	// the same whatever the ttl.
+	o.Heartbeat = keepalive.Schedule{Interval: s.interval, DeadAfter: s.deadAfter, ExpectReply: r.Enabled(), Rebind: rebind, Heal: s.ttlHeal}
+	if o.Role == relay.RoleResponder {
+		// A responder sits beside the server: it answers heartbeats, it
+		// does not send its own across a NAT it is not behind.
+		o.Heartbeat.Interval = 0
+	}
+	return o, nil
+}
+
+// tcp validates the TCP settings and builds the relay options.
+func (s routeSettings) tcp() (relay.TCPOptions, error) {
+	var o relay.TCPOptions
+	if s.kaIdle < 0 {
+		return o, &settingError{"keepalive_idle", "KeepaliveIdle", s.kaIdle.String(), "must not be negative (0 turns keepalive off)"}
+	}
+	ka := sockopt.Keepalive{Idle: s.kaIdle, Interval: s.kaInterval, Count: s.kaCount}
+	if s.kaIdle > 0 {
+		if err := validateKeepalive(s); err != nil {
+			return o, err
+		}
+		o.Keepalive = ka
+	}
+	switch s.userTimeout {
+	case "":
+		if s.kaIdle > 0 {
+			o.UserTimeout = ka.Idle + ka.Interval*time.Duration(ka.Count)
+		}
+	default:
+		d, err := time.ParseDuration(s.userTimeout)
+		if err != nil {
+			return o, &settingError{"user_timeout", "UserTimeout", s.userTimeout, "not a valid duration (e.g. 2m, 0 = off)"}
+		}
+		if err := sockopt.ValidateUserTimeout(d); err != nil {
+			return o, &settingError{"user_timeout", "UserTimeout", s.userTimeout, err.Error()}
+		}
+		o.UserTimeout = d
+	}
+	if s.connectTimeout <= 0 {
+		return o, &settingError{"connect_timeout", "ConnectTimeout", s.connectTimeout.String(), "must be positive"}
+	}
+	if s.maxConns < 0 {
+		return o, &settingError{"max_conns", "MaxConns", strconv.Itoa(s.maxConns), "must be 0 (unlimited) or positive"}
+	}
+	o.ConnectTimeout, o.MaxConns = s.connectTimeout, s.maxConns
+	return o, nil
+}
+
+// validateKeepalive checks the keepalive settings one field at a time (the
+// others at a value the kernel takes), so that an error is the first bad
+// field's, named by its own key, with sockopt's message and ranges.
+func validateKeepalive(s routeSettings) error {
+	for _, f := range []struct {
+		key, field, value string
+		ka                sockopt.Keepalive
+	}{
+		{"keepalive_idle", "KeepaliveIdle", s.kaIdle.String(), sockopt.Keepalive{Idle: s.kaIdle, Interval: time.Second, Count: 1}},
+		{"keepalive_interval", "KeepaliveInterval", s.kaInterval.String(), sockopt.Keepalive{Idle: time.Second, Interval: s.kaInterval, Count: 1}},
+		{"keepalive_count", "KeepaliveCount", strconv.Itoa(s.kaCount), sockopt.Keepalive{Idle: time.Second, Interval: time.Second, Count: s.kaCount}},
+	} {
+		if err := f.ka.Validate(); err != nil {
+			return &settingError{f.key, f.field, f.value, err.Error()}
+		}
+	}
+	return nil
+}

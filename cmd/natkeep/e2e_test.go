@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/natlab"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/nktest"
 )
@@ -157,17 +158,25 @@ func TestBinaryBadConfigExits2(t *testing.T) {
 	}
 }
 
-// TestBinaryWarnsAboutLimits: a flow limit beyond the ephemeral port range
-// is reported at start-up, so flows failing later are not a surprise.
-func TestBinaryWarnsAboutLimits(t *testing.T) {
-	lo, hi, ok := portRange()
-	if !ok {
+// TestBinaryRefusesLimitsAboveHost: a flow limit beyond what the host
+// allows (here: more flows than half the ephemeral port range) is a
+// start-up error naming the variable, exit status 2, not a warning and
+// flows failing later.
+func TestBinaryRefusesLimitsAboveHost(t *testing.T) {
+	host := machine.Read()
+	if host.Ports() == 0 {
 		t.Skip("no /proc/sys/net/ipv4/ip_local_port_range")
 	}
 	port := nktest.FreePort(t, "udp")
-	nk := startHost(t, fmt.Sprintf("NATKEEP_ROUTES=udp://127.0.0.1:%d/127.0.0.1:9", port), "NATKEEP_ADMIN_ADDR=off",
-		fmt.Sprintf("NATKEEP_UDP_MAX_FLOWS=%d", hi-lo+2))
-	if !nk.WaitFor(20*time.Second, "exceeds the ephemeral port range") {
-		t.Fatalf("no warning about the port range:\n%s", nk.Output())
+	cmd := exec.Command(natlab.NatkeepBinary(t))
+	cmd.Env = []string{fmt.Sprintf("NATKEEP_ROUTES=udp://127.0.0.1:%d/127.0.0.1:9", port), "NATKEEP_ADMIN_ADDR=off",
+		fmt.Sprintf("NATKEEP_UDP_MAX_FLOWS=%d", host.Ports())}
+	out, err := cmd.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want status 2; output %s", err, out)
+	}
+	if !strings.HasPrefix(string(out), fmt.Sprintf("natkeep: NATKEEP_UDP_MAX_FLOWS=%q: above what this host allows", fmt.Sprint(host.Ports()))) || strings.Count(string(out), "\n") != 1 {
+		t.Fatalf("output %q", out)
 	}
 }

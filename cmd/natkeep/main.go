@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/intercept"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/relay"
 )
 
@@ -67,13 +70,15 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		return interceptCommand(args[1:], env, stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "check":
+		return check(args[1:], env, stdout, stderr)
 	case "":
 	default:
-		fmt.Fprintf(stderr, "natkeep: unknown command %q (want help, version or healthcheck; natkeep runs with no arguments)\n", cmd)
+		fmt.Fprintf(stderr, "natkeep: unknown command %q (want help, version, check, demo, healthcheck or intercept; natkeep runs with no arguments)\n", cmd)
 		return 2
 	}
 
-	cfg, err := config.Load(env)
+	cfg, err := config.Load(env, machine.Read())
 	if err != nil {
 		fmt.Fprintf(stderr, "natkeep: %v\n", err)
 		return 2
@@ -85,7 +90,24 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 // versionString reports version, commit and Go version; without stamping it
 // falls back to the module build info.
 func versionString() string {
-	v, c := version, commit
+	v, c := buildVersion()
+	return fmt.Sprintf("natkeep %s (commit %s, %s %s/%s)", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// buildInfo is natkeep_build_info: 1, labelled with what is running.
+func buildInfo() prometheus.Collector {
+	v, c := buildVersion()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "natkeep", Name: "build_info",
+		Help:        "Always 1; the labels say which natkeep build is running.",
+		ConstLabels: prometheus.Labels{"version": v, "commit": c, "goversion": runtime.Version()}})
+	g.Set(1)
+	return g
+}
+
+// buildVersion returns the version and commit stamped at build time, or
+// what the Go build info knows.
+func buildVersion() (v, c string) {
+	v, c = version, commit
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if v == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 			v = bi.Main.Version
@@ -102,7 +124,7 @@ func versionString() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return fmt.Sprintf("natkeep %s (commit %s, %s %s/%s)", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return v, c
 }
 
 // newLogger builds the slog logger: tint for humans on a terminal, JSON for
@@ -125,7 +147,7 @@ func newLogger(cfg *config.Config, env map[string]string, w io.Writer) *slog.Log
 		}
 	}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: stableJSON}))
 	}
 	_, noColor := env["NO_COLOR"]
 	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly + ".000", NoColor: noColor || !tty}))
@@ -134,7 +156,7 @@ func newLogger(cfg *config.Config, env map[string]string, w io.Writer) *slog.Log
 // serve runs the relay and the admin server until a signal, then drains.
 func serve(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	metrics := relay.NewMetrics(reg)
 
 	if err := intercept.CheckBypass(cfg.Intercept); err != nil {
@@ -161,7 +183,6 @@ func serve(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
 		return startFailed(stderr, log, cfg.ListenError(err))
 	}
 	logStart(log, cfg, r)
-	warnLimits(log, cfg.Relay.Routes)
 
 	sig := <-sigs
 	log.Info("draining", "signal", sig.String(), "drain_timeout", cfg.Relay.DrainTimeout)
@@ -217,12 +238,37 @@ func startFailed(stderr io.Writer, log *slog.Logger, err error) int {
 	return 1
 }
 
-// logStart writes the one start-up line with the effective configuration.
+// stableJSON gives every key one JSON type, whatever the value's Go type,
+// so log pipelines can map fields: durations are Go duration strings
+// ("15s", not nanoseconds), addresses "ip:port" strings (not objects).
+func stableJSON(_ []string, a slog.Attr) slog.Attr {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindDuration:
+		return slog.String(a.Key, v.Duration().String())
+	case slog.KindAny:
+		switch x := v.Any().(type) {
+		case net.Addr:
+			return slog.String(a.Key, x.String())
+		case netip.AddrPort:
+			return slog.String(a.Key, x.String())
+		case netip.Addr:
+			return slog.String(a.Key, x.String())
+		}
+	}
+	return a
+}
+
+// logStart writes the start-up line (version, admin address, the budget
+// and where it comes from), then one line per route with its options.
 func logStart(log *slog.Logger, cfg *config.Config, r *relay.Relay) {
-	routes := make([]any, 0, len(cfg.Relay.Routes))
+	b := cfg.Relay.Budget
+	log.Info("natkeep started", "version", versionString(), "admin", cfg.AdminAddr, "routes", len(cfg.Relay.Routes),
+		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.Relay.DrainTimeout,
+		"budget_descriptors", b.Descriptors, "budget_ports", b.Ports, "budget_from", cfg.Host.Describe())
 	addrs := r.Addrs()
 	for i, rt := range cfg.Relay.Routes {
-		attrs := []any{slog.String("proto", string(rt.Proto)), slog.String("listen", rt.Listen), slog.String("upstream", rt.Upstream)}
+		attrs := []any{slog.Int("route_index", i+1), slog.String("proto", string(rt.Proto)), slog.String("listen", rt.Listen), slog.String("upstream", rt.Upstream)}
 		if i < len(addrs) {
 			attrs = append(attrs, slog.String("bound", addrs[i].String()))
 		}
@@ -232,14 +278,15 @@ func logStart(log *slog.Logger, cfg *config.Config, r *relay.Relay) {
 			attrs = append(attrs, slog.String("role", string(o.Role)), slog.Duration("heartbeat_interval", o.Heartbeat.Interval),
 				slog.String("payload", o.Payload.String()), slog.String("reply", o.Reply.String()), slog.Int("ttl", o.TTL),
 				slog.Int("dead_after", o.Heartbeat.DeadAfter), slog.Duration("flow_idle_timeout", o.FlowIdleTimeout), slog.Int("max_flows", o.MaxFlows))
+			if rt.Transparent {
+				attrs = append(attrs, slog.Int("intercept_rules", len(rt.Intercept)))
+			}
 		case relay.TCP:
 			o := rt.TCP
 			attrs = append(attrs, slog.Duration("keepalive_idle", o.Keepalive.Idle), slog.Duration("keepalive_interval", o.Keepalive.Interval),
 				slog.Int("keepalive_count", o.Keepalive.Count), slog.Duration("user_timeout", o.UserTimeout),
 				slog.Duration("connect_timeout", o.ConnectTimeout), slog.Int("max_conns", o.MaxConns))
 		}
-		routes = append(routes, slog.Group(fmt.Sprintf("route%d", i+1), attrs...))
+		log.Info("route", attrs...)
 	}
-	log.Info("natkeep started", append([]any{"version", versionString(), "admin", cfg.AdminAddr,
-		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.Relay.DrainTimeout}, routes...)...)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/caarlos0/env/v11"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/relay"
 )
 
@@ -48,14 +49,18 @@ type envConfig struct {
 	OnDead            string        `env:"UDP_ON_DEAD" envDefault:"keep" help:"what a dead peer's flow does: keep (same local port, so a lost mapping is re-created where the server expects it; follows a changed DNS address) or rebind (a new local port, for NATs that must be given a fresh mapping)"`
 	STUNStrict        bool          `env:"UDP_STUN_STRICT" envDefault:"false" help:"responder routes: answer only Binding Requests that end in a valid FINGERPRINT (for servers whose own protocol could look like STUN); default answers every well-formed RFC 5389/8489 Binding Request"`
 	FlowIdleTimeout   time.Duration `env:"UDP_FLOW_IDLE_TIMEOUT" envDefault:"10m" help:"forget a flow after this long without application traffic either way; heartbeats never extend it"`
-	MaxFlows          int           `env:"UDP_MAX_FLOWS" envDefault:"65536" help:"flows per UDP route; new flows beyond it are refused and counted"`
+	UnansweredTimeout time.Duration `env:"UDP_UNANSWERED_TIMEOUT" envDefault:"30s" help:"forget a flow whose upstream has sent nothing at all after this long without app traffic (like conntrack's unreplied timeout); 0 = the idle timeout for every flow"`
+	MaxFlows          string        `env:"UDP_MAX_FLOWS" envDefault:"auto" help:"flows per UDP route, or auto: what the host allows (RLIMIT_NOFILE less a reserve, half the ephemeral ports; at most 65536); more are refused and counted"`
+	MaxFlowsPerSource int           `env:"UDP_MAX_FLOWS_PER_SOURCE" envDefault:"0" help:"flows one client address may hold on a route (for listeners strangers can reach); 0 = no quota (a full route still lets a source below its fair share in)"`
+	AnswerRate        int           `env:"UDP_RESPONDER_RATE" envDefault:"20" help:"responder routes: STUN answers per second per source address (burst twice that); excess requests are dropped and counted"`
 
 	KeepaliveIdle     time.Duration `env:"TCP_KEEPALIVE_IDLE" envDefault:"60s" help:"TCP idle time before the first keepalive probe (whole seconds, 1s..32767s); 0 turns keepalive off"`
 	KeepaliveInterval time.Duration `env:"TCP_KEEPALIVE_INTERVAL" envDefault:"10s" help:"time between TCP keepalive probes (whole seconds, 1s..32767s)"`
 	KeepaliveCount    int           `env:"TCP_KEEPALIVE_COUNT" envDefault:"6" help:"unanswered probes before the connection is dropped (1..127)"`
 	UserTimeout       string        `env:"TCP_USER_TIMEOUT" help:"TCP_USER_TIMEOUT: unacknowledged data older than this fails the connection; default idle + interval*count; 0 turns it off"`
 	ConnectTimeout    time.Duration `env:"TCP_CONNECT_TIMEOUT" envDefault:"10s" help:"upstream dial timeout"`
-	MaxConns          int           `env:"TCP_MAX_CONNS" envDefault:"0" help:"open connections per TCP route; 0 = unlimited"`
+	MaxConns          string        `env:"TCP_MAX_CONNS" envDefault:"auto" help:"open connections per TCP route, or auto: what the host's descriptors allow (two per connection); 0 = no per-route limit; more are reset and counted"`
+	ConnIdleTimeout   time.Duration `env:"TCP_IDLE_TIMEOUT" envDefault:"0" help:"close a TCP connection idle both ways this long; 0 = never (idle connections are what natkeep keeps alive)"`
 
 	ResolveInterval time.Duration `env:"RESOLVE_INTERVAL" envDefault:"30s" help:"how often upstream DNS names are re-resolved"`
 	AdminAddr       string        `env:"ADMIN_ADDR" help:"HTTP address for /metrics, /healthz, /readyz (default :9299); empty or off disables"`
@@ -66,11 +71,12 @@ type envConfig struct {
 
 // Config is the validated configuration that main wires together.
 type Config struct {
-	Relay     relay.Config // NATKEEP_ROUTES in order, then the transparent listeners
-	Intercept *Intercept   // transparent mode; no rules when off
-	AdminAddr string       // "" = no admin server
-	LogLevel  string       // debug, info, warn or error
-	LogFormat string       // auto, text or json
+	Relay     relay.Config  // NATKEEP_ROUTES in order, then the transparent listeners
+	Intercept *Intercept    // transparent mode; no rules when off
+	AdminAddr string        // "" = no admin server
+	LogLevel  string        // debug, info, warn or error
+	LogFormat string        // auto, text or json
+	Host      machine.Facts // the limits the budget and the auto limits come from
 }
 
 // Error is a configuration error: main prints it on one line and exits with status 2.
@@ -96,25 +102,14 @@ func envKeyOf(t reflect.Type, field string) string {
 	return envPrefix + key
 }
 
-// Load parses and validates the environment, given as a map.
-func Load(environ map[string]string) (*Config, error) {
-	var ec envConfig
-	if err := env.ParseWithOptions(&ec, env.Options{Prefix: envPrefix, Environment: environ}); err != nil {
-		return nil, describeEnvError(err, environ, envKey)
-	}
-	c, err := loadProcess(ec, environ)
-	if err != nil {
-		return nil, err
-	}
-	defs, err := loadDefaults(ec)
-	if err != nil {
-		return nil, err
-	}
-	if c.Intercept, err = LoadIntercept(environ); err != nil {
-		return nil, err
-	}
-	if c.Relay.Routes, err = loadRoutes(ec.Routes, c.Intercept, defs); err != nil {
-		return nil, err
+// Load parses and validates the environment, given as a map, for a host
+// with the given limits (machine.Read(); zero Facts = no known limits).
+// It is Check stopping at the first error, so that start-up and `natkeep
+// check` can never disagree.
+func Load(environ map[string]string, host machine.Facts) (*Config, error) {
+	c, errs := Check(environ, host)
+	if len(errs) > 0 {
+		return nil, errs[0]
 	}
 	return c, nil
 }
@@ -165,14 +160,20 @@ func adminAddr(environ map[string]string) (string, error) {
 
 // loadDefaults validates the global variables as the defaults of every
 // route, naming the variable, before any route overrides them.
-func loadDefaults(ec envConfig) (routeSettings, error) {
+func loadDefaults(ec envConfig, host machine.Facts) (routeSettings, error) {
 	defs := routeSettings{
 		interval: ec.HeartbeatInterval, payload: ec.HeartbeatPayload, ttl: ec.HeartbeatTTL,
 		reply: ec.HeartbeatReply, deadAfter: ec.DeadAfter, idleTimeout: ec.FlowIdleTimeout,
 		ttlHeal: ec.HeartbeatTTLHeal, onDead: ec.OnDead, stunStrict: ec.STUNStrict,
-		maxFlows: ec.MaxFlows, role: string(relay.RoleClient),
+		role: string(relay.RoleClient), unanswered: ec.UnansweredTimeout, perSource: ec.MaxFlowsPerSource, answerRate: ec.AnswerRate,
 		kaIdle: ec.KeepaliveIdle, kaInterval: ec.KeepaliveInterval, kaCount: ec.KeepaliveCount,
-		userTimeout: ec.UserTimeout, connectTimeout: ec.ConnectTimeout, maxConns: ec.MaxConns,
+		userTimeout: ec.UserTimeout, connectTimeout: ec.ConnectTimeout, connIdle: ec.ConnIdleTimeout, host: host,
+	}
+	if err := queryKeys["max_flows"].set(&defs, ec.MaxFlows); err != nil {
+		return defs, errorf("%s=%q: %v", envKey("MaxFlows"), ec.MaxFlows, err)
+	}
+	if err := queryKeys["max_conns"].set(&defs, ec.MaxConns); err != nil {
+		return defs, errorf("%s=%q: %v", envKey("MaxConns"), ec.MaxConns, err)
 	}
 	if _, err := defs.udp(); err != nil {
 		return defs, globalError(err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/keepalive"
 	"github.com/natkeep/natkeep/relay"
 	"github.com/natkeep/natkeep/sockopt"
@@ -55,13 +56,15 @@ func cfgReply(t testing.TB, s string, p keepalive.Payload) keepalive.Reply {
 func cfgUDPDefaults(t testing.TB) relay.UDPOptions {
 	p := cfgPayload(t, "empty")
 	return relay.UDPOptions{
-		Role:            relay.RoleClient,
-		Heartbeat:       keepalive.Schedule{Interval: 20 * time.Second, DeadAfter: 3, ExpectReply: false, Heal: 5 * time.Minute},
-		Payload:         p,
-		Reply:           cfgReply(t, "", p),
-		TTL:             0,
-		FlowIdleTimeout: 10 * time.Minute,
-		MaxFlows:        65536,
+		Role:              relay.RoleClient,
+		Heartbeat:         keepalive.Schedule{Interval: 20 * time.Second, DeadAfter: 3, ExpectReply: false, Heal: 5 * time.Minute},
+		Payload:           p,
+		Reply:             cfgReply(t, "", p),
+		TTL:               0,
+		FlowIdleTimeout:   10 * time.Minute,
+		UnansweredTimeout: 30 * time.Second,
+		AnswerRate:        20,
+		MaxFlows:          65536,
 	}
 }
 
@@ -78,7 +81,7 @@ func cfgTCPDefaults() relay.TCPOptions {
 // cfgLoad loads env and fails the test on error.
 func cfgLoad(t *testing.T, env map[string]string) *Config {
 	t.Helper()
-	c, err := Load(env)
+	c, err := Load(env, machine.Facts{})
 	if err != nil {
 		t.Fatalf("Load(%v): unexpected error: %v", env, err)
 	}
@@ -102,7 +105,7 @@ func cfgOneRoute(t *testing.T, env map[string]string) relay.Route {
 // starts with NATKEEP_ and contains every fragment.
 func cfgWantErr(t *testing.T, env map[string]string, frags ...string) string {
 	t.Helper()
-	c, err := Load(env)
+	c, err := Load(env, machine.Facts{})
 	if err == nil {
 		t.Fatalf("Load(%v) = %+v, want an error containing %q", env, c, frags)
 	}
@@ -388,7 +391,7 @@ func TestConfigGlobalVariables(t *testing.T) {
 				t.Errorf("LogFormat = %q", c.LogFormat)
 			}
 		}},
-		{"unrelated variables are ignored", []string{"NATKEEP_NO_SUCH_THING", "x", "PATH", "/bin"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
+		{"unrelated variables are ignored", []string{"NATKEEPER_HOME", "x", "PATH", "/bin"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
 			if !reflect.DeepEqual(u, cfgUDPDefaults(t)) || !reflect.DeepEqual(tc, cfgTCPDefaults()) {
 				t.Errorf("defaults changed: %+v %+v", u, tc)
 			}
@@ -489,7 +492,7 @@ func TestConfigRoutesRequired(t *testing.T) {
 	// A bad value of another variable is reported as such.
 	cfgWantErr(t, map[string]string{"NATKEEP_UDP_HEARTBEAT_TTL": "x"}, "NATKEEP_UDP_HEARTBEAT_TTL")
 	// With interception configured, routes are optional.
-	c, err := Load(map[string]string{"NATKEEP_INTERCEPT": "udp:5060,tcp:10.0.0.0/8:5432?keepalive_idle=30s"})
+	c, err := Load(map[string]string{"NATKEEP_INTERCEPT": "udp:5060,tcp:10.0.0.0/8:5432?keepalive_idle=30s"}, machine.Facts{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +614,7 @@ func TestConfigRouteErrors(t *testing.T) {
 		{"0.0.0.0 vs [::]", "udp://0.0.0.0:5000/a:1,udp://[::]:5000/b:1", 2, "udp://[::]:5000/b:1", []string{"already used by entry 1"}},
 		{"same port spelled differently", "udp://:5000/a:1,udp://:05000/b:1", 2, "udp://:05000/b:1", []string{"already used by entry 1"}},
 		{"ipv4-mapped ipv6 vs ipv4", "udp://127.0.0.1:5000/a:1,udp://[::ffff:127.0.0.1]:5000/b:1", 2, "udp://[::ffff:127.0.0.1]:5000/b:1", []string{"already used by entry 1"}},
-		{"unknown key", "udp://:5000/x:1?foo=1", 1, "udp://:5000/x:1?foo=1", []string{`unknown key "foo"`, "known: connect_timeout, dead_after, idle_timeout, interval, keepalive_count"}},
+		{"unknown key", "udp://:5000/x:1?foo=1", 1, "udp://:5000/x:1?foo=1", []string{`unknown key "foo"`, "known: answer_rate, conn_idle_timeout, connect_timeout, dead_after, idle_timeout, interval, keepalive_count"}},
 		{"key case matters", "udp://:5000/x:1?TTL=1", 1, "udp://:5000/x:1?TTL=1", []string{`unknown key "TTL"`}},
 		{"bad query escape", "udp://:5000/x:1?payload=text:%zz", 1, "udp://:5000/x:1?payload=text:%zz", []string{`query "payload=text:%zz"`, "invalid URL escape"}},
 		{"semicolon in query", "udp://:5000/x:1?ttl=1;ttl=2", 1, "udp://:5000/x:1?ttl=1;ttl=2", []string{"ttl=1;ttl=2: not a valid whole number"}},
@@ -646,12 +649,12 @@ func TestConfigRouteErrors(t *testing.T) {
 
 // TestConfigRouteErrorExample is the message quoted in the documentation.
 func TestConfigRouteErrorExample(t *testing.T) {
-	_, err := Load(cfgEnv("udp://:1/x:1,udp://:99999/x:1"))
+	_, err := Load(cfgEnv("udp://:1/x:1,udp://:99999/x:1"), machine.Facts{})
 	const want = `NATKEEP_ROUTES entry 2 "udp://:99999/x:1": listen port 99999 out of range 1..65535`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v, want %s", err, want)
 	}
-	_, err = Load(cfgEnv(cfgUDPRoute, "NATKEEP_UDP_HEARTBEAT_TTL", "300"))
+	_, err = Load(cfgEnv(cfgUDPRoute, "NATKEEP_UDP_HEARTBEAT_TTL", "300"), machine.Facts{})
 	const want2 = `NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255`
 	if err == nil || err.Error() != want2 {
 		t.Errorf("got %v, want %s", err, want2)
@@ -767,6 +770,7 @@ func TestConfigRouteOverrides(t *testing.T) {
 		{"all udp keys", udp("interval=3s&payload=text:hi&ttl=0&reply=text:ho&dead_after=2&idle_timeout=1h&max_flows=9&role=client&ttl_heal=1m&on_dead=rebind&stun_strict=true"), nil, func(t *testing.T, o *relay.UDPOptions) {
 			p := cfgPayload(t, "text:hi")
 			*o = relay.UDPOptions{Role: relay.RoleClient, Heartbeat: keepalive.Schedule{Interval: 3 * time.Second, DeadAfter: 2, ExpectReply: true, Rebind: true, Heal: time.Minute}, STUNStrict: true,
+				UnansweredTimeout: 30 * time.Second, AnswerRate: 20,
 				Payload: p, Reply: cfgReply(t, "text:ho", p), FlowIdleTimeout: time.Hour, MaxFlows: 9}
 		}, nil},
 	}
@@ -937,7 +941,7 @@ func TestConfigErrorsDeterministic(t *testing.T) {
 	}
 	for _, c := range cases {
 		for range 50 {
-			_, err := Load(map[string]string{"NATKEEP_ROUTES": c.routes})
+			_, err := Load(map[string]string{"NATKEEP_ROUTES": c.routes}, machine.Facts{})
 			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("%s: error %v, want one line containing %q", c.routes, err, c.want)
 			}
@@ -947,7 +951,7 @@ func TestConfigErrorsDeterministic(t *testing.T) {
 
 // TestConfigPlusStaysPlus: '+' in a route value is a literal plus, not a space.
 func TestConfigPlusStaysPlus(t *testing.T) {
-	c, err := Load(map[string]string{"NATKEEP_ROUTES": "udp://:5000/x:1?payload=text:a+b%2Cc"})
+	c, err := Load(map[string]string{"NATKEEP_ROUTES": "udp://:5000/x:1?payload=text:a+b%2Cc"}, machine.Facts{})
 	if err != nil {
 		t.Fatal(err)
 	}

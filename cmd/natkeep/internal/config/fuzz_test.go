@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/keepalive"
 	"github.com/natkeep/natkeep/relay"
 	"github.com/natkeep/natkeep/sockopt"
@@ -15,7 +16,7 @@ import (
 // is an *Error naming a NATKEEP_ variable, and a config it accepts
 // satisfies every validation rule.
 func fuzzCheckConfig(t *testing.T, env map[string]string) {
-	c, err := Load(env)
+	c, err := Load(env, machine.Facts{})
 	if err != nil {
 		if c != nil {
 			t.Errorf("config %+v returned along with error %v", c, err)

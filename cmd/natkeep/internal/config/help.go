@@ -18,6 +18,9 @@ Usage:
   natkeep help          print this help
   natkeep version       print version, commit and Go version
   natkeep healthcheck   exit 0 if /readyz on NATKEEP_ADMIN_ADDR answers 200, else 1
+  natkeep check [--json] validate the environment as start-up does, print every error or the
+                        effective configuration (each option and where it came from); exit 0 or 2
+  natkeep demo          show what natkeep does, in process, in about ten seconds
 
 Routes (NATKEEP_ROUTES, comma-separated):
   PROTO://LISTEN/UPSTREAM[?key=value&...]
@@ -26,8 +29,8 @@ Routes (NATKEEP_ROUTES, comma-separated):
   LISTEN is host:port with an IP or empty host (:5000 = all addresses, [::1]:5000 for IPv6);
   UPSTREAM may be a DNS name, re-resolved every NATKEEP_RESOLVE_INTERVAL.
   Per-route keys override the variables below:
-    udp: interval payload ttl ttl_heal reply dead_after on_dead idle_timeout max_flows role (client|responder) stun_strict
-    tcp: keepalive_idle keepalive_interval keepalive_count user_timeout connect_timeout max_conns
+    udp: interval payload ttl ttl_heal reply dead_after on_dead idle_timeout unanswered_timeout max_flows max_flows_per_source role (client|responder) stun_strict answer_rate
+    tcp: keepalive_idle keepalive_interval keepalive_count user_timeout connect_timeout max_conns conn_idle_timeout
   Percent-encode commas and ampersands inside values (text:a%2Cb).
 
 Variables:

@@ -257,6 +257,7 @@ func icptDefaults() routeSettings {
 		interval: 20 * time.Second, payload: "empty", deadAfter: 3, idleTimeout: 10 * time.Minute,
 		maxFlows: 65536, role: "client", kaIdle: 60 * time.Second, kaInterval: 10 * time.Second,
 		kaCount: 6, connectTimeout: 10 * time.Second, onDead: "keep", ttlHeal: 5 * time.Minute,
+		unanswered: 30 * time.Second, answerRate: 20,
 	}
 }
 

@@ -18,27 +18,53 @@ func parseRoutes(list string, defs routeSettings) ([]relay.Route, error) {
 	var seen []string // "proto listen" of each earlier entry, in order
 	for i, entry := range strings.Split(list, ",") {
 		entry = strings.TrimSpace(entry)
-		n := i + 1
-		fail := func(format string, args ...any) error {
-			return errorf("%s entry %d %q: %s", envKey("Routes"), n, entry, fmt.Sprintf(format, args...))
-		}
-		if entry == "" {
-			return nil, fail("empty route (stray comma?)")
-		}
-		r, err := parseRoute(entry, defs)
+		r, err := parseRouteEntry(i+1, entry, defs)
 		if err != nil {
-			return nil, fail("%v", err)
+			return nil, err
 		}
 		key := string(r.Proto) + " " + r.Listen
 		for m, other := range seen {
 			if conflicts(key, other) {
-				return nil, fail("listen address %s://%s already used by entry %d", r.Proto, r.Listen, m+1)
+				return nil, routeEntryError(i+1, entry, fmt.Sprintf("listen address %s://%s already used by entry %d", r.Proto, r.Listen, m+1))
 			}
 		}
 		seen = append(seen, key)
 		routes = append(routes, r)
 	}
 	return routes, nil
+}
+
+// routeEntryError is an error in entry n of NATKEEP_ROUTES.
+func routeEntryError(n int, entry, msg string) error {
+	return errorf("%s entry %d %q: %s", envKey("Routes"), n, entry, msg)
+}
+
+// parseRouteEntry parses entry n of NATKEEP_ROUTES, naming it in errors.
+func parseRouteEntry(n int, entry string, defs routeSettings) (relay.Route, error) {
+	if entry == "" {
+		return relay.Route{}, routeEntryError(n, entry, "empty route (stray comma?)")
+	}
+	r, err := parseRoute(entry, defs)
+	if err != nil {
+		return r, routeEntryError(n, entry, err.Error())
+	}
+	return r, nil
+}
+
+// routeQuery returns the key=value overrides written in a route entry
+// (the entry parsed before, so the query is known to be good).
+func routeQuery(entry string) map[string]string {
+	out := map[string]string{}
+	_, rawQuery, _ := strings.Cut(entry, "?")
+	for _, kv := range strings.Split(rawQuery, "&") {
+		rawKey, rawVal, _ := strings.Cut(kv, "=")
+		key, err1 := url.PathUnescape(rawKey)
+		val, err2 := url.PathUnescape(rawVal)
+		if kv != "" && err1 == nil && err2 == nil {
+			out[key] = val
+		}
+	}
+	return out
 }
 
 // conflicts reports whether two "proto host:port" listen keys would collide

@@ -3,9 +3,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/keepalive"
 	"github.com/natkeep/natkeep/relay"
 	"github.com/natkeep/natkeep/sockopt"
@@ -41,14 +43,46 @@ type routeSettings struct {
 	onDead         string
 	stunStrict     bool
 	idleTimeout    time.Duration
-	maxFlows       int
+	unanswered     time.Duration
+	maxFlows       int // autoLimit: derived from the host
+	perSource      int
+	answerRate     int
 	role           string
 	kaIdle         time.Duration
 	kaInterval     time.Duration
 	kaCount        int
 	userTimeout    string
 	connectTimeout time.Duration
-	maxConns       int
+	maxConns       int // autoLimit: derived from the host
+	connIdle       time.Duration
+
+	host machine.Facts // what the machine allows
+}
+
+// autoLimit is max_flows=auto / max_conns=auto: as many as the host's
+// budget allows (see package machine).
+const autoLimit = math.MinInt32
+
+// maxFlowsCap is the auto flow limit on a host without known limits.
+const maxFlowsCap = 65536
+
+func limitSetter(dst func(*routeSettings) *int) func(*routeSettings, string) error {
+	return func(s *routeSettings, v string) error {
+		if v == "auto" {
+			*dst(s) = autoLimit
+			return nil
+		}
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil {
+			var ne *strconv.NumError
+			if errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange) {
+				return errors.New("not a valid whole number: value out of range")
+			}
+			return errors.New("not a valid whole number (or auto)")
+		}
+		*dst(s) = int(n)
+		return nil
+	}
 }
 
 // queryKey describes one per-route override.
@@ -97,23 +131,27 @@ func stringSetter(dst func(*routeSettings) *string) func(*routeSettings, string)
 
 // queryKeys are the per-route overrides; each names the variable it overrides.
 var queryKeys = map[string]queryKey{
-	"interval":           {"HeartbeatInterval", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.interval })},
-	"payload":            {"HeartbeatPayload", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.payload })},
-	"ttl":                {"HeartbeatTTL", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.ttl })},
-	"reply":              {"HeartbeatReply", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.reply })},
-	"dead_after":         {"DeadAfter", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.deadAfter })},
-	"ttl_heal":           {"HeartbeatTTLHeal", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.ttlHeal })},
-	"on_dead":            {"OnDead", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.onDead })},
-	"stun_strict":        {"STUNStrict", relay.UDP, boolSetter(func(s *routeSettings) *bool { return &s.stunStrict })},
-	"idle_timeout":       {"FlowIdleTimeout", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.idleTimeout })},
-	"max_flows":          {"MaxFlows", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.maxFlows })},
-	"role":               {"", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.role })},
-	"keepalive_idle":     {"KeepaliveIdle", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.kaIdle })},
-	"keepalive_interval": {"KeepaliveInterval", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.kaInterval })},
-	"keepalive_count":    {"KeepaliveCount", relay.TCP, intSetter(func(s *routeSettings) *int { return &s.kaCount })},
-	"user_timeout":       {"UserTimeout", relay.TCP, stringSetter(func(s *routeSettings) *string { return &s.userTimeout })},
-	"connect_timeout":    {"ConnectTimeout", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.connectTimeout })},
-	"max_conns":          {"MaxConns", relay.TCP, intSetter(func(s *routeSettings) *int { return &s.maxConns })},
+	"interval":             {"HeartbeatInterval", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.interval })},
+	"payload":              {"HeartbeatPayload", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.payload })},
+	"ttl":                  {"HeartbeatTTL", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.ttl })},
+	"reply":                {"HeartbeatReply", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.reply })},
+	"dead_after":           {"DeadAfter", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.deadAfter })},
+	"ttl_heal":             {"HeartbeatTTLHeal", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.ttlHeal })},
+	"on_dead":              {"OnDead", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.onDead })},
+	"stun_strict":          {"STUNStrict", relay.UDP, boolSetter(func(s *routeSettings) *bool { return &s.stunStrict })},
+	"idle_timeout":         {"FlowIdleTimeout", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.idleTimeout })},
+	"max_flows":            {"MaxFlows", relay.UDP, limitSetter(func(s *routeSettings) *int { return &s.maxFlows })},
+	"unanswered_timeout":   {"UnansweredTimeout", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.unanswered })},
+	"max_flows_per_source": {"MaxFlowsPerSource", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.perSource })},
+	"answer_rate":          {"AnswerRate", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.answerRate })},
+	"role":                 {"", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.role })},
+	"keepalive_idle":       {"KeepaliveIdle", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.kaIdle })},
+	"keepalive_interval":   {"KeepaliveInterval", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.kaInterval })},
+	"keepalive_count":      {"KeepaliveCount", relay.TCP, intSetter(func(s *routeSettings) *int { return &s.kaCount })},
+	"user_timeout":         {"UserTimeout", relay.TCP, stringSetter(func(s *routeSettings) *string { return &s.userTimeout })},
+	"connect_timeout":      {"ConnectTimeout", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.connectTimeout })},
+	"max_conns":            {"MaxConns", relay.TCP, limitSetter(func(s *routeSettings) *int { return &s.maxConns })},
+	"conn_idle_timeout":    {"ConnIdleTimeout", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.connIdle })},
 }
 
 // minHeartbeatInterval keeps a typo such as 20ms from flooding the upstream.
@@ -162,11 +200,21 @@ func (s routeSettings) udp() (relay.UDPOptions, error) {
 	if s.idleTimeout <= 0 {
 		return o, &settingError{"idle_timeout", "FlowIdleTimeout", s.idleTimeout.String(), "must be positive"}
 	}
-	if s.maxFlows < 1 {
-		return o, &settingError{"max_flows", "MaxFlows", strconv.Itoa(s.maxFlows), "must be at least 1"}
+	if s.unanswered < 0 {
+		return o, &settingError{"unanswered_timeout", "UnansweredTimeout", s.unanswered.String(), "must not be negative (0 = the idle timeout for every flow)"}
+	}
+	if o.MaxFlows, err = s.flowLimit(); err != nil {
+		return o, err
+	}
+	if s.perSource < 0 || s.perSource > o.MaxFlows {
+		return o, &settingError{"max_flows_per_source", "MaxFlowsPerSource", strconv.Itoa(s.perSource), fmt.Sprintf("must be 0 (no quota) or 1..max_flows (%d)", o.MaxFlows)}
+	}
+	if s.answerRate < 1 {
+		return o, &settingError{"answer_rate", "AnswerRate", strconv.Itoa(s.answerRate), "must be at least 1 (answers per second per source)"}
 	}
 	o.Payload, o.Reply, o.TTL, o.STUNStrict = p, r, s.ttl, s.stunStrict
-	o.FlowIdleTimeout, o.MaxFlows = s.idleTimeout, s.maxFlows
+	o.FlowIdleTimeout, o.UnansweredTimeout = s.idleTimeout, s.unanswered
+	o.MaxFlowsPerSource, o.AnswerRate = s.perSource, s.answerRate
 	// Heal matters only with a TTL (the relay sends every heartbeat at the
 	// normal TTL otherwise); it is kept as configured so the options read
 	// the same whatever the ttl.
@@ -210,11 +258,50 @@ func (s routeSettings) tcp() (relay.TCPOptions, error) {
 	if s.connectTimeout <= 0 {
 		return o, &settingError{"connect_timeout", "ConnectTimeout", s.connectTimeout.String(), "must be positive"}
 	}
-	if s.maxConns < 0 {
-		return o, &settingError{"max_conns", "MaxConns", strconv.Itoa(s.maxConns), "must be 0 (unlimited) or positive"}
+	var err error
+	if o.MaxConns, err = s.connLimit(); err != nil {
+		return o, err
 	}
-	o.ConnectTimeout, o.MaxConns = s.connectTimeout, s.maxConns
+	if s.connIdle < 0 {
+		return o, &settingError{"conn_idle_timeout", "ConnIdleTimeout", s.connIdle.String(), "must not be negative (0 = never)"}
+	}
+	o.ConnectTimeout, o.IdleTimeout = s.connectTimeout, s.connIdle
 	return o, nil
+}
+
+// flowLimit resolves max_flows against what the host allows: auto takes
+// the host's budget (at most 65536); an explicit value above it is an error,
+// because past it flows would fail on exhaustion instead of being refused.
+func (s routeSettings) flowLimit() (int, error) {
+	allowed := s.host.MaxFlows(false)
+	switch {
+	case s.maxFlows == autoLimit:
+		if allowed > 0 && allowed < maxFlowsCap {
+			return allowed, nil
+		}
+		return maxFlowsCap, nil
+	case s.maxFlows < 1:
+		return 0, &settingError{"max_flows", "MaxFlows", strconv.Itoa(s.maxFlows), "must be at least 1 (or auto)"}
+	case allowed > 0 && s.maxFlows > allowed:
+		return 0, &settingError{"max_flows", "MaxFlows", strconv.Itoa(s.maxFlows), fmt.Sprintf("above what this host allows: %d (%s); raise the limits or use auto", allowed, s.host.Describe())}
+	}
+	return s.maxFlows, nil
+}
+
+// connLimit resolves max_conns the same way: auto is the host's descriptor
+// budget over two descriptors a connection (0, no limit, where unknown); 0
+// sets no per-route limit (the budget still holds).
+func (s routeSettings) connLimit() (int, error) {
+	allowed := s.host.MaxConns()
+	switch {
+	case s.maxConns == autoLimit:
+		return allowed, nil
+	case s.maxConns < 0:
+		return 0, &settingError{"max_conns", "MaxConns", strconv.Itoa(s.maxConns), "must be 0 (unlimited) or positive, or auto"}
+	case allowed > 0 && s.maxConns > allowed:
+		return 0, &settingError{"max_conns", "MaxConns", strconv.Itoa(s.maxConns), fmt.Sprintf("above what this host allows: %d (%s); raise the limits or use auto", allowed, s.host.Describe())}
+	}
+	return s.maxConns, nil
 }
 
 // validateKeepalive checks the keepalive settings one field at a time (the

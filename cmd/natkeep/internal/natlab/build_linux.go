@@ -98,6 +98,15 @@ func goBuild(path string) (string, error) {
 func Main(m *testing.M) {
 	code := m.Run()
 
+	if procs, lines, err := checkRunLogs(); err != nil {
+		fmt.Fprintf(os.Stderr, "NAT lab: %d JSON log lines from %d processes: %v\n", lines, procs, err)
+		if code == 0 {
+			code = 1
+		}
+	} else if procs > 0 {
+		fmt.Fprintf(os.Stderr, "NAT lab: %d JSON log lines from %d processes: every key has one JSON type\n", lines, procs)
+	}
+
 	build.mu.Lock()
 	if build.dir != "" {
 		_ = os.RemoveAll(build.dir)

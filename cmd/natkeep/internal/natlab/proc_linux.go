@@ -83,7 +83,7 @@ func Start(t testing.TB, env []string, bin string, args ...string) *Proc {
 func start(t testing.TB, env []string, name, bin string, args ...string) *Proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(inherited(), env...)
 	out := &buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -92,6 +92,7 @@ func start(t testing.TB, env []string, name, bin string, args ...string) *Proc {
 		t.Fatalf("NAT lab: start %s: %v", strings.Join(cmd.Args, " "), err)
 	}
 	p := &Proc{Name: name, cmd: cmd, out: out, done: make(chan struct{})}
+	remember(p)
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -316,4 +317,17 @@ func (p *Proc) UDPDrops(t testing.TB, port int) int64 {
 		drops += d
 	}
 	return drops
+}
+
+// inherited is the test's environment without natkeep's own variables:
+// a process gets exactly the NATKEEP_ settings its test gives it (natkeep
+// refuses variables it does not know, such as the tests' own knobs).
+func inherited() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "NATKEEP_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }

@@ -731,10 +731,15 @@ func TestComposeClient(t *testing.T) {
 	if app.NetworkMode != "service:"+sidecarName {
 		t.Errorf("%s: app network_mode %q, want service:natkeep", path, app.NetworkMode)
 	}
-	// Sharing natkeep's network namespace: if natkeep is recreated, the app
-	// must be restarted to join the new one.
-	if !dep.Restart {
-		t.Errorf("%s: app depends_on natkeep without restart: true", path)
+	// compose.yaml also runs with docker-compose 1.29 (Debian 12's; see
+	// TestComposeV1Schema and TestContainerImage), which rejects
+	// depends_on.restart and a top-level name. Its comment tells how the app
+	// follows a recreated natkeep into its new namespace instead.
+	if dep.Restart {
+		t.Errorf("%s: app depends_on natkeep with restart: true, which docker-compose 1.29 rejects", path)
+	}
+	if raw := readYAMLMap(t, path); raw["name"] != nil {
+		t.Errorf("%s: top-level name, which docker-compose 1.29 rejects (use -p)", path)
 	}
 	if len(app.Ports) != 0 {
 		t.Errorf("%s: ports on a service with network_mode service: belong on natkeep", path)
@@ -753,6 +758,39 @@ func TestComposeClient(t *testing.T) {
 	}
 	if !appPointed {
 		t.Errorf("%s: the app is not pointed at natkeep on 127.0.0.1", path)
+	}
+}
+
+// readYAMLMap decodes a YAML file's top level.
+func readYAMLMap(t *testing.T, path string) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return m
+}
+
+// TestComposeV1Schema validates compose.yaml, alone and with the container
+// test's override, with docker-compose 1.29's own schema (no engine needed).
+func TestComposeV1Schema(t *testing.T) {
+	compose := needTool(t, composeBin, "docker-compose")
+	env := []string{"NATKEEP_TEST_UPSTREAM_IMAGE=u", "NATKEEP_TEST_CLIENT_IMAGE=c", "COMPOSE_PROJECT_NAME="}
+	for _, files := range [][]string{
+		{"compose/compose.yaml"},
+		{"compose/compose.yaml", "testdata/compose-e2e.yaml"},
+	} {
+		args := []string{"--project-name", "natkeep-schema"}
+		for _, f := range files {
+			args = append(args, "--file", f)
+		}
+		if _, err := runTool(t.Context(), 30*time.Second, env, compose, append(args, "config", "--quiet")...); err != nil {
+			t.Errorf("docker-compose 1.29 rejects %v: %v", files, err)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -163,6 +165,15 @@ func waitFor(t *testing.T, timeout, interval time.Duration, what string, cond fu
 	}
 }
 
+// proc is a program a test started; its cleanup ends it by its PID.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{} // closed once the program has exited
+	err  error         // cmd.Wait's result, set before done is closed
+}
+
 // syncBuffer is a bytes.Buffer that os/exec writes while the test reads.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -179,6 +190,65 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// start runs a program with the test's environment, less any NATKEEP_
+// variable, plus env, and its output captured. The test's cleanup sends it
+// SIGTERM, waits up to 10 s, then kills it.
+func start(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: filepath.Base(name), out: new(syncBuffer), done: make(chan struct{})}
+	p.cmd = exec.Command(name, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "NATKEEP_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("%s output:\n%s", p.name, p.out.String())
+		}
+	})
+	return p
+}
+
+// exited reports whether the program has ended, and how.
+func (p *proc) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	if done, _ := p.exited(); done {
+		return
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("%s: %v", p.name, err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s (pid %d) still runs 10s after SIGTERM; killing it", p.name, p.cmd.Process.Pid)
+		if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Error(err)
+		}
+		<-p.done
+	}
 }
 
 // lines splits output into non-empty lines.
@@ -210,6 +280,39 @@ func runTool(ctx context.Context, timeout time.Duration, env []string, bin strin
 		return stdout.String(), fmt.Errorf("%s %s: %v\n%s%s", filepath.Base(bin), strings.Join(args, " "), err, stdout.String(), stderr.String())
 	}
 	return stdout.String(), nil
+}
+
+// runToolIn runs an external program in dir, bounded, and returns its
+// combined output.
+func runToolIn(t *testing.T, dir, bin string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = dir
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s (in %s): %v\n%s", bin, strings.Join(args, " "), dir, err, out)
+	}
+	return string(out), nil
+}
+
+// httpStatus GETs url and returns the status code.
+func httpStatus(url string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, err
 }
 
 func httpGet(t *testing.T, url string) string {

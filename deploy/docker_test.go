@@ -65,9 +65,9 @@ func needDocker(t *testing.T) {
 	if _, err := os.Stat(dockerBin); err != nil {
 		missing(t, "no Docker client at %s (Debian package docker.io): %v", dockerBin, err)
 	}
-	out, err := docker(t.Context(), 20*time.Second, nil, "info", "--format", "{{.ServerVersion}}")
+	out, err := docker(t.Context(), 20*time.Second, nil, "version", "--format", "{{.Server.Version}}")
 	if err != nil {
-		missing(t, "no Docker engine answers (as root: `dockerd > /tmp/dockerd.log 2>&1 &`, as .ci/run does): %v", err)
+		missing(t, "no Docker engine answers; start one as root as .ci/run does (`dockerd --iptables=false --ip6tables=false --ip-forward=false >/tmp/dockerd.log 2>&1 &`): %v", err)
 	}
 	t.Logf("Docker engine %s", strings.TrimSpace(out))
 }

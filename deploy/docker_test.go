@@ -49,11 +49,12 @@ func mustDocker(t *testing.T, timeout time.Duration, args ...string) string {
 }
 
 // cleanupDocker registers `docker <args>` (a removal) to run when the test
-// ends, with a context of its own: t.Context is already done by then.
+// ends, with a context of its own: t.Context is already done by then. What
+// is already gone is not an error.
 func cleanupDocker(t *testing.T, args ...string) {
 	t.Helper()
 	t.Cleanup(func() {
-		if _, err := docker(context.Background(), 60*time.Second, nil, args...); err != nil {
+		if _, err := docker(context.Background(), 60*time.Second, nil, args...); err != nil && !strings.Contains(err.Error(), "No such") {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -405,8 +406,9 @@ func testDockerRun(t *testing.T, name, image, upstreamImage, clientImage string)
 	run := func(container string, args ...string) {
 		t.Helper()
 		args = slices.Concat([]string{"run", "--detach", "--name", container, "--label", "natkeep-test=" + name, "--network", network}, hardening, args)
-		mustDocker(t, 60*time.Second, args...)
+		// Before the run: a container that failed to start still exists.
 		cleanupDocker(t, "container", "rm", "--force", "--volumes", container)
+		mustDocker(t, 60*time.Second, args...)
 	}
 	upstream := name + "-upstream"
 	run(upstream, "--network-alias", "upstream", "--user", "65532:65532", upstreamImage, "-udp", ":7000", "-tcp", ":7001")
@@ -533,12 +535,7 @@ func engineNofile(t *testing.T, name, image string) string {
 	}
 	limit := fmt.Sprintf("nofile=%d:%d", u.Soft, u.Hard)
 	probe := name + "-nofile-probe"
-	t.Cleanup(func() {
-		// Normally gone already (--rm).
-		if _, err := docker(context.Background(), 60*time.Second, nil, "container", "rm", "--force", probe); err != nil && !strings.Contains(err.Error(), "No such container") {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	cleanupDocker(t, "container", "rm", "--force", probe) // normally gone already (--rm)
 	// The upstream peer exits at once on a bad address: only whether the
 	// container could start matters.
 	_, err = docker(t.Context(), 60*time.Second, nil, "run", "--rm", "--name", probe, "--label", "natkeep-test="+name,

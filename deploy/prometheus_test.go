@@ -270,7 +270,7 @@ scrape_configs:
 		expr, labels, value string
 	}{
 		{"natkeep_listener_up", "route=" + route + " proto=udp job=natkeep", "1"},
-		{"natkeep_udp_flows_active", "route=" + route + " proto=udp job=natkeep", "1"},
+		{"natkeep_udp_flows_active", "route=" + route + " job=natkeep", "1"},
 		// A recording rule of the shipped file, evaluated by Prometheus.
 		{"route:natkeep_udp_flows_active:sum", "route=" + route, "1"},
 	} {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -730,10 +731,15 @@ func TestComposeClient(t *testing.T) {
 	if app.NetworkMode != "service:"+sidecarName {
 		t.Errorf("%s: app network_mode %q, want service:natkeep", path, app.NetworkMode)
 	}
-	// Sharing natkeep's network namespace: if natkeep is recreated, the app
-	// must be restarted to join the new one.
-	if !dep.Restart {
-		t.Errorf("%s: app depends_on natkeep without restart: true", path)
+	// compose.yaml also runs with docker-compose 1.29 (Debian 12's; see
+	// TestComposeV1Schema and TestContainerImage), which rejects
+	// depends_on.restart and a top-level name. Its comment tells how the app
+	// follows a recreated natkeep into its new namespace instead.
+	if dep.Restart {
+		t.Errorf("%s: app depends_on natkeep with restart: true, which docker-compose 1.29 rejects", path)
+	}
+	if raw := readYAMLMap(t, path); raw["name"] != nil {
+		t.Errorf("%s: top-level name, which docker-compose 1.29 rejects (use -p)", path)
 	}
 	if len(app.Ports) != 0 {
 		t.Errorf("%s: ports on a service with network_mode service: belong on natkeep", path)
@@ -752,6 +758,39 @@ func TestComposeClient(t *testing.T) {
 	}
 	if !appPointed {
 		t.Errorf("%s: the app is not pointed at natkeep on 127.0.0.1", path)
+	}
+}
+
+// readYAMLMap decodes a YAML file's top level.
+func readYAMLMap(t *testing.T, path string) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return m
+}
+
+// TestComposeV1Schema validates compose.yaml, alone and with the container
+// test's override, with docker-compose 1.29's own schema (no engine needed).
+func TestComposeV1Schema(t *testing.T) {
+	compose := needTool(t, composeBin, "docker-compose")
+	env := []string{"NATKEEP_TEST_UPSTREAM_IMAGE=u", "NATKEEP_TEST_CLIENT_IMAGE=c", "COMPOSE_PROJECT_NAME="}
+	for _, files := range [][]string{
+		{"compose/compose.yaml"},
+		{"compose/compose.yaml", "testdata/compose-e2e.yaml"},
+	} {
+		args := []string{"--project-name", "natkeep-schema"}
+		for _, f := range files {
+			args = append(args, "--file", f)
+		}
+		if _, err := runTool(t.Context(), 30*time.Second, env, compose, append(args, "config", "--quiet")...); err != nil {
+			t.Errorf("docker-compose 1.29 rejects %v: %v", files, err)
+		}
 	}
 }
 
@@ -870,13 +909,15 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("%s: builder stage does not declare ARG VERSION and COMMIT", path)
 	}
 
-	final := stages[len(stages)-1]
 	lex := shell.NewLex(res.EscapeToken)
 	args := shell.EnvsFromSlice([]string{"VERSION=1.2.3", "COMMIT=0123abc"})
 	buildArgs := func(word string) (string, error) {
 		w, _, err := lex.ProcessWord(word, args)
 		return w, err
 	}
+
+	// The default target (the last stage) builds from source on distroless.
+	final := stages[len(stages)-1]
 	base := final.BaseName
 	switch {
 	case strings.HasPrefix(base, "gcr.io/distroless/static") && strings.HasSuffix(base, ":nonroot"):
@@ -884,78 +925,122 @@ func TestDockerfile(t *testing.T) {
 	default:
 		t.Errorf("%s: final FROM %q, want distroless static :nonroot or scratch", path, base)
 	}
-	var (
-		user       string
-		entrypoint []string
-		health     []string
-		exposed    []string
-		copied     bool
-		imgLabels  = map[string]string{}
-	)
-	for _, c := range final.Commands {
+	finalMeta := checkRuntimeStage(t, path, final, buildArgs)
+	if !slices.Contains(finalMeta.copies, builder.Name+":/out/natkeep") {
+		t.Errorf("%s: final stage does not COPY --from=%s /out/natkeep /natkeep", path, builder.Name)
+	}
+
+	// runtime-local takes a binary built outside from the context and needs
+	// no other stage, so BuildKit pulls nothing for `--target runtime-local`.
+	i := slices.IndexFunc(stages, func(s instructions.Stage) bool { return s.Name == localTarget })
+	if i < 0 {
+		t.Fatalf("%s: no stage %q", path, localTarget)
+	}
+	local := stages[i]
+	if i == len(stages)-1 {
+		t.Errorf("%s: %s is the last stage, so the default target: it needs a binary built beforehand", path, localTarget)
+	}
+	if local.BaseName != "scratch" {
+		t.Errorf("%s: %s FROM %q, want scratch (nothing to pull)", path, localTarget, local.BaseName)
+	}
+	localMeta := checkRuntimeStage(t, path, local, buildArgs)
+	if !slices.Equal(localMeta.copies, []string{":out/natkeep"}) {
+		t.Errorf("%s: %s copies %q, want only out/natkeep from the context", path, localTarget, localMeta.copies)
+	}
+	// Both images behave alike: only where the binary comes from differs.
+	localMeta.copies, finalMeta.copies = nil, nil
+	if !reflect.DeepEqual(localMeta, finalMeta) {
+		t.Errorf("%s: %s and the final stage differ:\n%s: %+v\nfinal: %+v", path, localTarget, localTarget, localMeta, finalMeta)
+	}
+}
+
+// localTarget is the Dockerfile stage built without registry access.
+const localTarget = "runtime-local"
+
+// runtimeMeta is what a runtime stage sets.
+type runtimeMeta struct {
+	user       string
+	entrypoint []string
+	healthTest []string
+	health     string // the whole HEALTHCHECK, to compare stages
+	exposed    []string
+	labels     map[string]string
+	env        map[string]string
+	copies     []string // "from:source" of COPYs to /natkeep
+}
+
+// checkRuntimeStage checks one stage that produces natkeep's image.
+func checkRuntimeStage(t *testing.T, path string, stage instructions.Stage, buildArgs func(string) (string, error)) runtimeMeta {
+	t.Helper()
+	where := fmt.Sprintf("%s stage %q", path, stage.Name)
+	m := runtimeMeta{labels: map[string]string{}, env: map[string]string{}}
+	for _, c := range stage.Commands {
 		switch c := c.(type) {
 		case *instructions.UserCommand:
-			user = c.User
+			m.user = c.User
 		case *instructions.EntrypointCommand:
 			if c.PrependShell {
-				t.Errorf("%s: ENTRYPOINT in shell form; the image has no shell", path)
+				t.Errorf("%s: ENTRYPOINT in shell form; the image has no shell", where)
 			}
-			entrypoint = c.CmdLine
+			m.entrypoint = c.CmdLine
 		case *instructions.HealthCheckCommand:
-			health = c.Health.Test
+			m.healthTest, m.health = c.Health.Test, fmt.Sprintf("%+v", *c.Health)
 			if c.Health.Interval <= 0 || c.Health.Timeout <= 0 || c.Health.StartPeriod <= 0 || c.Health.Timeout >= c.Health.Interval {
-				t.Errorf("%s: HEALTHCHECK interval/timeout/start-period unset or timeout >= interval: %+v", path, c.Health)
+				t.Errorf("%s: HEALTHCHECK interval/timeout/start-period unset or timeout >= interval: %+v", where, c.Health)
 			}
 		case *instructions.ExposeCommand:
-			exposed = append(exposed, c.Ports...)
+			m.exposed = append(m.exposed, c.Ports...)
 		case *instructions.CopyCommand:
-			if c.From == builder.Name && slices.Contains(c.SourcePaths, "/out/natkeep") && c.DestPath == "/natkeep" {
-				copied = true
+			if c.DestPath == "/natkeep" {
+				for _, src := range c.SourcePaths {
+					m.copies = append(m.copies, c.From+":"+src)
+				}
+			} else {
+				t.Errorf("%s: COPY %v %s: only the binary belongs in the image", where, c.SourcePaths, c.DestPath)
 			}
 		case *instructions.LabelCommand:
 			// Expand as BuildKit does, with the build args set.
 			if err := c.Expand(buildArgs); err != nil {
-				t.Fatalf("%s: LABEL: %v", path, err)
+				t.Fatalf("%s: LABEL: %v", where, err)
 			}
 			for _, kv := range c.Labels {
-				imgLabels[kv.Key] = kv.Value
+				m.labels[kv.Key] = kv.Value
 			}
 		case *instructions.EnvCommand:
 			for _, kv := range c.Env {
 				if strings.HasPrefix(kv.Key, "NATKEEP_") && !knownEnv[kv.Key] {
-					t.Errorf("%s: ENV %s: unknown natkeep variable", path, kv.Key)
+					t.Errorf("%s: ENV %s: unknown natkeep variable", where, kv.Key)
 				}
+				m.env[kv.Key] = kv.Value
 			}
 		case *instructions.RunCommand:
-			t.Errorf("%s: RUN in the final stage: the base has no shell", path)
+			t.Errorf("%s: RUN in a runtime stage: the base has no shell", where)
 		}
 	}
-	if !copied {
-		t.Errorf("%s: final stage does not COPY --from=%s /out/natkeep /natkeep", path, builder.Name)
-	}
-	uid, _, _ := strings.Cut(user, ":")
-	if n, err := strconv.Atoi(uid); user == "" || (err == nil && n == 0) || uid == "root" {
-		t.Errorf("%s: final USER %q is not non-root", path, user)
+	uid, _, _ := strings.Cut(m.user, ":")
+	if n, err := strconv.Atoi(uid); m.user == "" || (err == nil && n == 0) || uid == "root" {
+		t.Errorf("%s: USER %q is not non-root", where, m.user)
 	} else if err != nil {
-		t.Errorf("%s: final USER %q is not numeric; Kubernetes runAsNonRoot cannot verify a name", path, user)
+		t.Errorf("%s: USER %q is not numeric; Kubernetes runAsNonRoot cannot verify a name", where, m.user)
 	}
-	if !slices.Equal(entrypoint, []string{"/natkeep"}) {
-		t.Errorf("%s: ENTRYPOINT %q, want [\"/natkeep\"]", path, entrypoint)
+	if !slices.Equal(m.entrypoint, []string{"/natkeep"}) {
+		t.Errorf("%s: ENTRYPOINT %q, want [\"/natkeep\"]", where, m.entrypoint)
 	}
-	if !slices.Equal(health, []string{"CMD", "/natkeep", "healthcheck"}) {
-		t.Errorf("%s: HEALTHCHECK %q, want CMD [\"/natkeep\", \"healthcheck\"]", path, health)
+	if !slices.Equal(m.healthTest, []string{"CMD", "/natkeep", "healthcheck"}) {
+		t.Errorf("%s: HEALTHCHECK %q, want CMD [\"/natkeep\", \"healthcheck\"]", where, m.health)
 	}
-	if !slices.Contains(exposed, strconv.Itoa(adminPort)+"/tcp") && !slices.Contains(exposed, strconv.Itoa(adminPort)) {
-		t.Errorf("%s: EXPOSE %v lacks %d", path, exposed, adminPort)
+	if !slices.Contains(m.exposed, strconv.Itoa(adminPort)+"/tcp") && !slices.Contains(m.exposed, strconv.Itoa(adminPort)) {
+		t.Errorf("%s: EXPOSE %v lacks %d", where, m.exposed, adminPort)
 	}
 	for _, l := range []string{"title", "description", "source", "licenses", "version", "revision"} {
-		if imgLabels["org.opencontainers.image."+l] == "" {
-			t.Errorf("%s: no org.opencontainers.image.%s label", path, l)
+		if m.labels["org.opencontainers.image."+l] == "" {
+			t.Errorf("%s: no org.opencontainers.image.%s label", where, l)
 		}
 	}
-	if imgLabels["org.opencontainers.image.version"] != "1.2.3" || imgLabels["org.opencontainers.image.revision"] != "0123abc" {
-		t.Errorf("%s: version/revision labels are not the VERSION/COMMIT build args: %q", path, imgLabels)
+	if m.labels["org.opencontainers.image.version"] != "1.2.3" || m.labels["org.opencontainers.image.revision"] != "0123abc" {
+		t.Errorf("%s: version/revision labels are not the VERSION/COMMIT build args: %q", where, m.labels)
 	}
+	return m
 }
 
 func TestDockerignore(t *testing.T) {
@@ -982,6 +1067,11 @@ func TestDockerignore(t *testing.T) {
 		"deploy/deploy_test.go": true,
 		"relay/relay_test.go":   true,
 		"deploy/compose/x.yaml": true,
+		"LICENSE":               true,
+		// The one build output the runtime-local target copies.
+		"out/natkeep":     false,
+		"out/other":       true,
+		"out/sub/natkeep": true,
 	} {
 		excluded, err := pm.MatchesOrParentMatches(path)
 		if err != nil {

@@ -242,8 +242,5 @@ func (s *Schedule) Reply(f *Flow, now int64, stun bool, id TxID) ReplyResult {
 // Dead reports whether the peer is currently declared dead.
 func (f *Flow) Dead() bool { return f.dead }
 
-// Misses returns the number of heartbeats in a row with nothing heard back.
-func (f *Flow) Misses() int { return f.misses }
-
 // RTT returns the last and the smoothed heartbeat round-trip time.
 func (f *Flow) RTT() (last, smoothed time.Duration) { return f.rtt, f.srtt }

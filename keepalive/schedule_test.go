@@ -54,7 +54,7 @@ func TestScheduleFirstBeatJitter(t *testing.T) {
 		s := &Schedule{Interval: schedInterval, DeadAfter: 3}
 		var f Flow
 		d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, tt.r)
-		if d.Send || d.Died || d.Rebind || f.Misses() != 0 {
+		if d.Send || d.Died || d.Rebind || f.misses != 0 {
 			t.Errorf("r=%v: first Tick at the last outbound time acts: %+v", tt.r, d)
 		}
 		if got := time.Duration(d.Next - schedT0); got < tt.want-1 || got > tt.want+1 {
@@ -97,7 +97,7 @@ func TestScheduleFirstBeatDue(t *testing.T) {
 		t.Fatalf("before due: %+v", d)
 	}
 	d := s.Tick(&f, schedAt(8*time.Second), Traffic{Outbound: schedT0}, 0)
-	if !d.Send || d.Died || d.Rebind || f.Misses() != 0 {
+	if !d.Send || d.Died || d.Rebind || f.misses != 0 {
 		t.Fatalf("at due: %+v, want a plain heartbeat", d)
 	}
 	if d.Next != schedAt(16*time.Second) {
@@ -185,7 +185,7 @@ func TestScheduleBeatsRepeat(t *testing.T) {
 			t.Fatalf("beat %d: no heartbeat at its due time: %+v", i, d)
 		}
 		beats++
-		if f.Misses() != 0 || d.Died || d.Rebind {
+		if f.misses != 0 || d.Died || d.Rebind {
 			t.Fatalf("beat %d without ExpectReply: %+v", i, d)
 		}
 		wait := time.Duration(d.Next - prev)
@@ -198,8 +198,8 @@ func TestScheduleBeatsRepeat(t *testing.T) {
 			t.Fatalf("beat %d: between beats: %+v", i, mid)
 		}
 	}
-	if f.Misses() != 0 || f.Dead() {
-		t.Errorf("without ExpectReply: misses %d dead %v", f.Misses(), f.Dead())
+	if f.misses != 0 || f.Dead() {
+		t.Errorf("without ExpectReply: misses %d dead %v", f.misses, f.Dead())
 	}
 	if beats != 50 {
 		t.Errorf("%d beats", beats)
@@ -237,7 +237,7 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
 	now += int64(8 * time.Second)
 	// Beat 1: nothing was outstanding.
-	if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 0 {
+	if d := schedBeat(t, s, &f, now, schedT0); f.misses != 0 {
 		t.Fatalf("first beat counted a miss: %+v", d)
 	}
 	// Answered beats never miss.
@@ -246,20 +246,20 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 			t.Fatalf("reply %d not counted", i)
 		}
 		now += int64(8 * time.Second)
-		if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 0 {
+		if d := schedBeat(t, s, &f, now, schedT0); f.misses != 0 {
 			t.Fatalf("answered beat %d counted a miss: %+v", i, d)
 		}
-		if f.Misses() != 0 {
-			t.Fatalf("misses %d", f.Misses())
+		if f.misses != 0 {
+			t.Fatalf("misses %d", f.misses)
 		}
 	}
 	// Now unanswered: beat n+1 counts a miss for beat n.
 	now += int64(8 * time.Second)
-	if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 1 || d.Died || d.Rebind {
+	if d := schedBeat(t, s, &f, now, schedT0); f.misses != 1 || d.Died || d.Rebind {
 		t.Fatalf("unanswered beat: %+v, want Missed only", d)
 	}
-	if f.Misses() != 1 {
-		t.Errorf("misses %d, want 1", f.Misses())
+	if f.misses != 1 {
+		t.Errorf("misses %d, want 1", f.misses)
 	}
 	// Outbound traffic postpones the next beat but the outstanding one is
 	// still unanswered when it goes out.
@@ -267,11 +267,11 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 	if d.Send {
 		t.Fatalf("%+v", d)
 	}
-	if d := s.Tick(&f, d.Next, Traffic{Outbound: now + int64(time.Second)}, 0); !d.Send || f.Misses() != 2 {
+	if d := s.Tick(&f, d.Next, Traffic{Outbound: now + int64(time.Second)}, 0); !d.Send || f.misses != 2 {
 		t.Fatalf("postponed unanswered beat: %+v", d)
 	}
-	if f.Misses() != 2 {
-		t.Errorf("misses %d, want 2", f.Misses())
+	if f.misses != 2 {
+		t.Errorf("misses %d, want 2", f.misses)
 	}
 }
 
@@ -297,8 +297,8 @@ func TestScheduleDeathAndRebind(t *testing.T) {
 				now += int64(8 * time.Second)
 				d := schedBeat(t, s, &f, now, schedT0)
 				misses := beat - 2
-				if f.Misses() != misses {
-					t.Fatalf("rebind %v deadAfter %d beat %d: misses %d, want %d", rebind, deadAfter, beat, f.Misses(), misses)
+				if f.misses != misses {
+					t.Fatalf("rebind %v deadAfter %d beat %d: misses %d, want %d", rebind, deadAfter, beat, f.misses, misses)
 				}
 				wantDied := misses == deadAfter
 				wantRebind := rebind && misses >= deadAfter && misses%deadAfter == 0
@@ -321,8 +321,8 @@ func TestScheduleDeathAndRebind(t *testing.T) {
 			if !r.Counted || !r.Revived || r.RTT != 50*time.Millisecond {
 				t.Errorf("deadAfter %d: reply while dead: %+v", deadAfter, r)
 			}
-			if f.Dead() || f.Misses() != 0 {
-				t.Errorf("deadAfter %d: after revival dead %v misses %d", deadAfter, f.Dead(), f.Misses())
+			if f.Dead() || f.misses != 0 {
+				t.Errorf("deadAfter %d: after revival dead %v misses %d", deadAfter, f.Dead(), f.misses)
 			}
 			// A second reply to the same beat is not counted and revives nothing.
 			if r := s.Reply(&f, now+int64(60*time.Millisecond), false, TxID{}); r != (ReplyResult{}) {
@@ -330,7 +330,7 @@ func TestScheduleDeathAndRebind(t *testing.T) {
 			}
 			// The peer can die again, and is reported again.
 			now += int64(8 * time.Second)
-			if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 0 {
+			if d := schedBeat(t, s, &f, now, schedT0); f.misses != 0 {
 				t.Errorf("beat after revival: %+v", d)
 			}
 			died = 0
@@ -363,8 +363,8 @@ func TestScheduleInboundDataIsLife(t *testing.T) {
 		if !d.Send || d.Died || d.Rebind || d.Unanswered || f.Dead() {
 			t.Fatalf("beat %d with data heard after every beat: %+v dead %v", beat, d, f.Dead())
 		}
-		if beat > 1 && f.Misses() != 0 {
-			t.Fatalf("beat %d: misses %d with data heard", beat, f.Misses())
+		if beat > 1 && f.misses != 0 {
+			t.Fatalf("beat %d: misses %d with data heard", beat, f.misses)
 		}
 		heard = now + int64(3*time.Second) // a push between beats
 	}
@@ -385,8 +385,8 @@ func TestScheduleInboundDataIsLife(t *testing.T) {
 		t.Fatal("a datagram from before the death revived the peer")
 	}
 	// Data after it does, at once.
-	if !s.Heard(&f, now+1) || f.Dead() || f.Misses() != 0 {
-		t.Fatalf("data after death: dead %v misses %d", f.Dead(), f.Misses())
+	if !s.Heard(&f, now+1) || f.Dead() || f.misses != 0 {
+		t.Fatalf("data after death: dead %v misses %d", f.Dead(), f.misses)
 	}
 	// The same through Tick: die again, then the next tick sees new data.
 	for range 3 {
@@ -416,8 +416,8 @@ func TestScheduleNoDeathWithoutSilence(t *testing.T) {
 	for beat := range 100 {
 		now += int64(800 * time.Millisecond)
 		d := s.Tick(&f, now, Traffic{Outbound: schedT0, Heard: now - 1, RouteAnswered: true}, 0)
-		if d.Died || f.Misses() != 0 {
-			t.Fatalf("beat %d: %+v misses %d", beat, d, f.Misses())
+		if d.Died || f.misses != 0 {
+			t.Fatalf("beat %d: %+v misses %d", beat, d, f.misses)
 		}
 	}
 }
@@ -532,8 +532,8 @@ func TestScheduleNoDeathWithoutDeadAfter(t *testing.T) {
 			t.Fatalf("%+v", d)
 		}
 	}
-	if f.Misses() != 19 || f.Dead() {
-		t.Errorf("misses %d dead %v", f.Misses(), f.Dead())
+	if f.misses != 19 || f.Dead() {
+		t.Errorf("misses %d dead %v", f.misses, f.Dead())
 	}
 }
 
@@ -631,7 +631,7 @@ func TestScheduleSTUNCurrentTxIDOnly(t *testing.T) {
 	// The next beat goes out unanswered; a late response to beat 1 is ours
 	// (consumed) but measures nothing and does not clear the miss.
 	now += int64(8 * time.Second)
-	if d := schedBeat(t, s, &f, now, schedT0); f.Misses() != 1 {
+	if d := schedBeat(t, s, &f, now, schedT0); f.misses != 1 {
 		t.Fatalf("%+v", d)
 	}
 	f.Sent(schedTx(2))
@@ -642,8 +642,8 @@ func TestScheduleSTUNCurrentTxIDOnly(t *testing.T) {
 		t.Fatalf("stale STUN response counted: %+v", r)
 	}
 	// It still proves the peer alive: any datagram from the upstream does.
-	if f.Misses() != 0 {
-		t.Fatalf("stale response left misses at %d", f.Misses())
+	if f.misses != 0 {
+		t.Fatalf("stale response left misses at %d", f.misses)
 	}
 	if last, _ := f.RTT(); last != 0 {
 		t.Fatalf("stale response measured RTT %v", last)
@@ -653,8 +653,8 @@ func TestScheduleSTUNCurrentTxIDOnly(t *testing.T) {
 	if !r.Counted || r.RTT != 40*time.Millisecond {
 		t.Fatalf("current response: %+v", r)
 	}
-	if f.Misses() != 0 {
-		t.Errorf("misses %d after reply", f.Misses())
+	if f.misses != 0 {
+		t.Errorf("misses %d after reply", f.misses)
 	}
 	if r := s.Reply(&f, now+int64(41*time.Millisecond), true, schedTx(2)); r.Counted {
 		t.Errorf("duplicate current response counted: %+v", r)

@@ -183,20 +183,3 @@ func (r *Relay) Close() {
 		}
 	})
 }
-
-// Stats is a snapshot of open flows and connections, for tests and logs.
-type Stats struct {
-	UDPFlows, TCPConns int
-}
-
-// Stats returns the current number of open flows and connections.
-func (r *Relay) Stats() Stats {
-	var s Stats
-	for _, u := range r.udp {
-		s.UDPFlows += u.flowCount()
-	}
-	for _, t := range r.tcp {
-		s.TCPConns += t.connCount()
-	}
-	return s
-}

@@ -107,5 +107,4 @@ type Config struct {
 	Routes          []Route
 	Budget          Budget        // what the machine lets flows and connections hold
 	ResolveInterval time.Duration // how often upstream DNS names are re-resolved
-	DrainTimeout    time.Duration
 }

@@ -164,6 +164,11 @@ func (u *udpRoute) listen(ctx context.Context) error {
 	if _, err := sockopt.SetRecvBuffer(u.ln, listenReadBuffer); err != nil {
 		u.log.Debug("could not enlarge listener receive buffer", "err", err)
 	}
+	// Every flow's replies leave through the listener too: a burst of them
+	// must not meet ENOBUFS.
+	if _, err := sockopt.SetSendBuffer(u.ln, listenReadBuffer); err != nil {
+		u.log.Debug("could not enlarge listener send buffer", "err", err)
+	}
 	u.st.listenerUp.Set(1)
 	return nil
 }

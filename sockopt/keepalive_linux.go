@@ -30,13 +30,6 @@ func SetKeepalive(c syscall.Conn, k Keepalive) error {
 	})
 }
 
-// DisableKeepalive turns SO_KEEPALIVE off (Go enables it by default on every TCP conn), e.g. when the relay sends its own heartbeats.
-func DisableKeepalive(c syscall.Conn) error {
-	return control(c, "SO_KEEPALIVE", func(fd int) error {
-		return setInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, "SO_KEEPALIVE", 0)
-	})
-}
-
 // GetKeepalive reads the keepalive state back from the kernel, so callers and tests can verify what is really in effect.
 func GetKeepalive(c syscall.Conn) (enabled bool, k Keepalive, err error) {
 	err = control(c, "keepalive", func(fd int) error {

@@ -15,11 +15,6 @@ func SetKeepalive(c syscall.Conn, k Keepalive) error {
 	return notSupported("TCP_KEEPIDLE")
 }
 
-// DisableKeepalive is not supported on this platform.
-func DisableKeepalive(c syscall.Conn) error {
-	return notSupported("SO_KEEPALIVE")
-}
-
 // GetKeepalive is not supported on this platform.
 func GetKeepalive(c syscall.Conn) (enabled bool, k Keepalive, err error) {
 	return false, Keepalive{}, notSupported("TCP_KEEPIDLE")

@@ -19,20 +19,6 @@ func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) e
 	}
 }
 
-// GetMark reads SO_MARK back from the kernel.
-func GetMark(c syscall.Conn) (uint32, error) {
-	var m uint32
-	err := control(c, "SO_MARK", func(fd int) error {
-		v, err := getInt(fd, unix.SOL_SOCKET, unix.SO_MARK, "SO_MARK")
-		m = uint32(v)
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	return m, nil
-}
-
 func setMark(fd int, mark uint32) error {
 	// SetsockoptInt passes an int32: marks above 0x7fffffff keep their bits.
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {

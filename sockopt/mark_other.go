@@ -11,6 +11,3 @@ func SetMark(c syscall.Conn, mark uint32) error { return notSupported("SO_MARK")
 func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error { return notSupported("SO_MARK") }
 }
-
-// GetMark is not supported on this platform.
-func GetMark(c syscall.Conn) (uint32, error) { return 0, notSupported("SO_MARK") }

@@ -119,7 +119,7 @@ func TestKeepaliveRoundTrip(t *testing.T) {
 			}
 		}
 
-		if err := DisableKeepalive(c); err != nil {
+		if err := disableKeepalive(c); err != nil {
 			t.Fatal(err)
 		}
 		on, _, err := GetKeepalive(c)
@@ -219,8 +219,8 @@ func TestErrorsNameOptionAndKeepErrno(t *testing.T) {
 	if !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "TCP_USER_TIMEOUT") {
 		t.Errorf("SetUserTimeout(closed) = %v, want net.ErrClosed naming TCP_USER_TIMEOUT", err)
 	}
-	if _, _, err := GetLinger(c); !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "SO_LINGER") {
-		t.Errorf("GetLinger(closed) = %v, want net.ErrClosed naming SO_LINGER", err)
+	if _, _, err := getLinger(c); !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "SO_LINGER") {
+		t.Errorf("getLinger(closed) = %v, want net.ErrClosed naming SO_LINGER", err)
 	}
 }
 
@@ -229,7 +229,7 @@ func TestLingerZero(t *testing.T) {
 		if err := SetLingerZero(c); err != nil {
 			t.Fatal(err)
 		}
-		on, sec, err := GetLinger(c)
+		on, sec, err := getLinger(c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -298,7 +298,7 @@ func TestSocketErrorAfterReset(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	soErr, err := SocketError(dialed)
+	soErr, err := socketError(dialed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,14 +308,14 @@ func TestSocketErrorAfterReset(t *testing.T) {
 	if _, ok := soErr.(syscall.Errno); !ok {
 		t.Errorf("SocketError returned %T, want syscall.Errno", soErr)
 	}
-	if soErr, err := SocketError(dialed); soErr != nil || err != nil {
+	if soErr, err := socketError(dialed); soErr != nil || err != nil {
 		t.Errorf("second SocketError = %v, %v; want nil, nil (SO_ERROR is cleared on read)", soErr, err)
 	}
 }
 
 func TestSocketErrorHealthy(t *testing.T) {
 	bothEnds(t, func(t *testing.T, c *net.TCPConn) {
-		soErr, err := SocketError(c)
+		soErr, err := socketError(c)
 		if soErr != nil || err != nil {
 			t.Errorf("SocketError = %v, %v; want nil, nil", soErr, err)
 		}

@@ -16,8 +16,6 @@ func TestNotSupported(t *testing.T) {
 	k := Keepalive{Idle: 25 * time.Second, Interval: 5 * time.Second, Count: 3}
 	_, _, getKA := GetKeepalive(c)
 	_, getUT := GetUserTimeout(c)
-	_, _, getL := GetLinger(c)
-	_, soErr := SocketError(c)
 	_, ti := GetTCPInfo(c)
 	_, ttl4 := TTLControl(false, 7)
 	_, ttl6 := TTLControl(true, 7)
@@ -28,13 +26,10 @@ func TestNotSupported(t *testing.T) {
 		err error
 	}{
 		{"TCP_KEEPIDLE", SetKeepalive(c, k)},
-		{"SO_KEEPALIVE", DisableKeepalive(c)},
 		{"TCP_KEEPIDLE", getKA},
 		{"TCP_USER_TIMEOUT", SetUserTimeout(c, time.Second)},
 		{"TCP_USER_TIMEOUT", getUT},
 		{"SO_LINGER", SetLingerZero(c)},
-		{"SO_LINGER", getL},
-		{"SO_ERROR", soErr},
 		{"TCP_INFO", ti},
 		{"IP_TTL", ttl4},
 		{"IPV6_HOPLIMIT", ttl6},

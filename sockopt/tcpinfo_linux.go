@@ -8,23 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SocketError reads and clears SO_ERROR (nil if none; otherwise a syscall.Errno such as ETIMEDOUT, ECONNRESET), the kernel's own reason a connection failed.
-func SocketError(c syscall.Conn) (soErr error, err error) {
-	var v int
-	err = control(c, "SO_ERROR", func(fd int) error {
-		var err error
-		v, err = getInt(fd, unix.SOL_SOCKET, unix.SO_ERROR, "SO_ERROR")
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	if v == 0 {
-		return nil, nil
-	}
-	return syscall.Errno(v), nil
-}
-
 // GetTCPInfo reads TCP_INFO so a log line can say why a connection ended (state, retransmits, keepalive probes, silence since last data).
 func GetTCPInfo(c syscall.Conn) (TCPInfo, error) {
 	var ti *unix.TCPInfo

@@ -495,7 +495,7 @@ func TestMarkRoundTrip(t *testing.T) {
 		if err := SetMark(u, m); err != nil {
 			t.Fatalf("SetMark(%#x): %v", m, err)
 		}
-		got, err := GetMark(u)
+		got, err := getMark(u)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -537,8 +537,8 @@ func TestMarkRoundTrip(t *testing.T) {
 	if err := SetMark(u, 1); err == nil || !strings.HasPrefix(err.Error(), "sockopt: SO_MARK: ") {
 		t.Errorf("SetMark(closed) = %v, want a Control error naming SO_MARK", err)
 	}
-	if _, err := GetMark(u); err == nil || !strings.HasPrefix(err.Error(), "sockopt: SO_MARK: ") {
-		t.Errorf("GetMark(closed) = %v, want a Control error naming SO_MARK", err)
+	if _, err := getMark(u); err == nil || !strings.HasPrefix(err.Error(), "sockopt: SO_MARK: ") {
+		t.Errorf("getMark(closed) = %v, want a Control error naming SO_MARK", err)
 	}
 }
 

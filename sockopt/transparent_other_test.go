@@ -13,7 +13,6 @@ func TestTransparentNotSupported(t *testing.T) {
 	var c syscall.Conn      // never touched on this platform
 	var raw syscall.RawConn // likewise
 	_, origErr := OriginalDst(c)
-	_, getMark := GetMark(c)
 	for _, tt := range []struct {
 		opt string
 		err error
@@ -25,7 +24,6 @@ func TestTransparentNotSupported(t *testing.T) {
 		{"SO_ORIGINAL_DST", origErr},
 		{"SO_MARK", SetMark(c, 1)},
 		{"SO_MARK", MarkControl(1)("tcp4", "", raw)},
-		{"SO_MARK", getMark},
 	} {
 		if !errors.Is(tt.err, ErrNotSupported) {
 			t.Errorf("%s: err = %v, want ErrNotSupported", tt.opt, tt.err)

@@ -185,8 +185,8 @@ func serve(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
 	logStart(log, cfg, r)
 
 	sig := <-sigs
-	log.Info("draining", "signal", sig.String(), "drain_timeout", cfg.Relay.DrainTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Relay.DrainTimeout)
+	log.Info("draining", "signal", sig.String(), "drain_timeout", cfg.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	done := make(chan error, 1)
 	go func() { done <- r.Shutdown(ctx) }()
 	select {
@@ -264,7 +264,7 @@ func stableJSON(_ []string, a slog.Attr) slog.Attr {
 func logStart(log *slog.Logger, cfg *config.Config, r *relay.Relay) {
 	b := cfg.Relay.Budget
 	log.Info("natkeep started", "version", versionString(), "admin", cfg.AdminAddr, "routes", len(cfg.Relay.Routes),
-		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.Relay.DrainTimeout,
+		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.DrainTimeout,
 		"budget_descriptors", b.Descriptors, "budget_ports", b.Ports, "budget_from", cfg.Host.Describe())
 	addrs := r.Addrs()
 	for i, rt := range cfg.Relay.Routes {

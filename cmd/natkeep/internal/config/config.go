@@ -77,6 +77,8 @@ type Config struct {
 	LogLevel  string        // debug, info, warn or error
 	LogFormat string        // auto, text or json
 	Host      machine.Facts // the limits the budget and the auto limits come from
+
+	DrainTimeout time.Duration // on SIGTERM/SIGINT: how long open connections may finish
 }
 
 // Error is a configuration error: main prints it on one line and exits with status 2.
@@ -139,7 +141,7 @@ func loadProcess(ec envConfig, environ map[string]string) (*Config, error) {
 		return nil, errorf("%s=%s: must not be negative", envKey("DrainTimeout"), ec.DrainTimeout)
 	}
 	c.Relay.ResolveInterval = ec.ResolveInterval
-	c.Relay.DrainTimeout = ec.DrainTimeout
+	c.DrainTimeout = ec.DrainTimeout
 	return c, nil
 }
 

@@ -149,8 +149,8 @@ func TestConfigDefaults(t *testing.T) {
 	if c.Relay.ResolveInterval != 30*time.Second {
 		t.Errorf("ResolveInterval = %v, want 30s", c.Relay.ResolveInterval)
 	}
-	if c.Relay.DrainTimeout != 15*time.Second {
-		t.Errorf("DrainTimeout = %v, want 15s", c.Relay.DrainTimeout)
+	if c.DrainTimeout != 15*time.Second {
+		t.Errorf("DrainTimeout = %v, want 15s", c.DrainTimeout)
 	}
 	want := []relay.Route{
 		{Name: cfgUDPRoute, Proto: relay.UDP, Listen: "127.0.0.1:5060", Upstream: "sip.example.net:5060", UDP: cfgUDPDefaults(t)},
@@ -357,13 +357,13 @@ func TestConfigGlobalVariables(t *testing.T) {
 			}
 		}},
 		{"drain timeout", []string{"NATKEEP_DRAIN_TIMEOUT", "1m"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
-			if c.Relay.DrainTimeout != time.Minute {
-				t.Errorf("DrainTimeout = %v", c.Relay.DrainTimeout)
+			if c.DrainTimeout != time.Minute {
+				t.Errorf("DrainTimeout = %v", c.DrainTimeout)
 			}
 		}},
 		{"drain timeout 0", []string{"NATKEEP_DRAIN_TIMEOUT", "0"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
-			if c.Relay.DrainTimeout != 0 {
-				t.Errorf("DrainTimeout = %v", c.Relay.DrainTimeout)
+			if c.DrainTimeout != 0 {
+				t.Errorf("DrainTimeout = %v", c.DrainTimeout)
 			}
 		}},
 		{"log level case-insensitive", []string{"NATKEEP_LOG_LEVEL", "DEBUG"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {

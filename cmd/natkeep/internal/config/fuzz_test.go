@@ -36,8 +36,8 @@ func fuzzCheckConfig(t *testing.T, env map[string]string) {
 	if len(c.Relay.Routes) == 0 {
 		t.Fatal("accepted a configuration without routes")
 	}
-	if c.Relay.ResolveInterval <= 0 || c.Relay.DrainTimeout < 0 {
-		t.Errorf("resolve %v drain %v", c.Relay.ResolveInterval, c.Relay.DrainTimeout)
+	if c.Relay.ResolveInterval <= 0 || c.DrainTimeout < 0 {
+		t.Errorf("resolve %v drain %v", c.Relay.ResolveInterval, c.DrainTimeout)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/config"
+	"github.com/natkeep/natkeep/cmd/natkeep/internal/demo"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/intercept"
 	"github.com/natkeep/natkeep/cmd/natkeep/internal/machine"
 	"github.com/natkeep/natkeep/relay"
@@ -69,7 +70,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	case "intercept":
 		return interceptCommand(args[1:], env, stdout, stderr)
 	case "demo":
-		return demo(args[1:], stdout, stderr)
+		return demo.Run(args[1:], stdout, stderr)
 	case "check":
 		return check(args[1:], env, stdout, stderr)
 	case "":

@@ -1,4 +1,6 @@
-package main
+// Package demo is `natkeep demo`: natkeep at work on one machine, without
+// root and without a network.
+package demo
 
 import (
 	"errors"
@@ -59,11 +61,11 @@ func (s *demoServer) counts() (hb, data int, app netip.AddrPort) {
 	return s.hb, s.data, s.app
 }
 
-// demo shows on one machine, without root and without a network, what
+// Run shows on one machine, without root and without a network, what
 // natkeep does: an in-process upstream, a relay route with 1 s heartbeats
 // and an app that talks once, stays silent, and still gets the server's
 // late push. It returns the exit status.
-func demo(args []string, stdout, stderr io.Writer) int {
+func Run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("natkeep demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	idle := fs.Duration("idle", 8*time.Second, "how long the app stays silent before the server pushes")

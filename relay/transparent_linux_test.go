@@ -58,6 +58,18 @@ func inOwnNetns(t *testing.T, body func(t *testing.T)) {
 	}
 }
 
+// loopbackUp brings up lo, which a fresh network namespace has down.
+func loopbackUp(t *testing.T) {
+	t.Helper()
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // tproxyUDP diverts UDP datagrams arriving on lo for port dport, unless
 // they carry bypass as their mark, to the transparent listener on
 // 127.0.0.1:lport.
@@ -157,13 +169,7 @@ func reuseAddrEchoAt(t *testing.T, addr string) (netip.AddrPort, <-chan udpRecv)
 // relaying the app's next datagram to its original destination and back.
 func TestTransparentNoOrigDst(t *testing.T) {
 	inOwnNetns(t, func(t *testing.T) {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			t.Fatal(err)
-		}
+		loopbackUp(t)
 		const bypass = 0x4e4c
 		rt := Route{Name: "transparent", Proto: UDP, Listen: "127.0.0.1:0", UDP: udpOpts(), Transparent: true, BypassMark: bypass}
 		r := hostileStart(t, rt)
@@ -215,13 +221,7 @@ func TestTransparentNoOrigDst(t *testing.T) {
 // route's own, larger limit.
 func TestTransparentRuleFlowLimits(t *testing.T) {
 	inOwnNetns(t, func(t *testing.T) {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			t.Fatal(err)
-		}
+		loopbackUp(t)
 		const bypass = 0x4e4c
 		limited, _ := reuseAddrEchoAt(t, "127.0.0.2:0")
 		open, _ := reuseAddrEchoAt(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), limited.Port()).String())
@@ -295,13 +295,7 @@ func redirectTCP(t *testing.T, dport, lport uint16, bypass uint32) {
 // own (unlimited) setting.
 func TestTransparentRuleConnLimits(t *testing.T) {
 	inOwnNetns(t, func(t *testing.T) {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			t.Fatal(err)
-		}
+		loopbackUp(t)
 		const bypass = 0x4e4c
 		echo := func(c *net.TCPConn) { _, _ = io.Copy(c, c); c.Close() }
 		limitedLn, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)})

@@ -37,11 +37,11 @@ const recentTx = 4
 
 // Schedule is the heartbeat timing shared by every flow of a route.
 type Schedule struct {
-	Interval    time.Duration // outbound silence before a heartbeat, then between heartbeats; 0 turns heartbeats off
-	DeadAfter   int           // heartbeats in a row with nothing heard from the upstream that declare the peer dead
-	ExpectReply bool          // heartbeats produce replies, so misses are counted
-	Rebind      bool          // on a dead peer take a fresh local port (on_dead=rebind) instead of keeping the flow's
-	Heal        time.Duration // with TTL-limited heartbeats, send one at the normal TTL at least this often; 0 = never
+	Interval  time.Duration // outbound silence before a heartbeat, then between heartbeats; 0 turns heartbeats off
+	DeadAfter int           // heartbeats in a row with nothing heard from the upstream that declare the peer dead
+	Pong      Reply         // what counts as a reply (a pong); with one, misses are counted
+	Rebind    bool          // on a dead peer take a fresh local port (on_dead=rebind) instead of keeping the flow's
+	Heal      time.Duration // with TTL-limited heartbeats, send one at the normal TTL at least this often; 0 = never
 }
 
 // Enabled reports whether heartbeats are sent at all.
@@ -115,14 +115,14 @@ func (s *Schedule) Tick(f *Flow, now int64, t Traffic, r float64) Decision {
 		return d
 	}
 	d.Send = true
-	if s.ExpectReply && f.beats > 0 {
+	if s.Pong.Enabled() && f.beats > 0 {
 		s.countMiss(f, now, t.RouteAnswered, &d)
 	}
 	if s.Heal > 0 && now-f.full >= int64(s.Heal) {
 		d.Full = true
 		f.full = now
 	}
-	f.outstanding = s.ExpectReply
+	f.outstanding = s.Pong.Enabled()
 	f.sentAt = now
 	f.beats++
 	f.base = now

@@ -11,6 +11,9 @@ const schedT0 = int64(1_000_000) * int64(time.Second)
 
 const schedInterval = 10 * time.Second
 
+// schedPong is a reply matcher: heartbeats expect replies.
+var schedPong = Reply{Kind: ReplyBytes, Bytes: []byte("pong")}
+
 // schedRMax is the largest r Tick is ever given (r is in [0,1)).
 var schedRMax = math.Nextafter(1, 0)
 
@@ -208,7 +211,7 @@ func TestScheduleBeatsRepeat(t *testing.T) {
 
 func TestScheduleDisabled(t *testing.T) {
 	for _, iv := range []time.Duration{0, -time.Second} {
-		s := &Schedule{Interval: iv, DeadAfter: 3, ExpectReply: true}
+		s := &Schedule{Interval: iv, DeadAfter: 3, Pong: schedPong}
 		if s.Enabled() {
 			t.Errorf("interval %v: Enabled", iv)
 		}
@@ -231,7 +234,7 @@ func TestScheduleDisabled(t *testing.T) {
 // TestScheduleMissesOnlyWhenUnanswered: a miss is counted at a beat only
 // if nothing (here: no reply) came back since the previous beat.
 func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -282,7 +285,7 @@ func TestScheduleMissesOnlyWhenUnanswered(t *testing.T) {
 func TestScheduleDeathAndRebind(t *testing.T) {
 	for _, rebind := range []bool{false, true} {
 		for _, deadAfter := range []int{1, 2, 3, 5} {
-			s := &Schedule{Interval: schedInterval, DeadAfter: deadAfter, ExpectReply: true, Rebind: rebind}
+			s := &Schedule{Interval: schedInterval, DeadAfter: deadAfter, Pong: schedPong, Rebind: rebind}
 			var f Flow
 			now := schedT0
 			s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -352,7 +355,7 @@ func TestScheduleDeathAndRebind(t *testing.T) {
 // heartbeat is never declared dead, and a dead peer that sends data is
 // revived at once by Heard, or at the next tick.
 func TestScheduleInboundDataIsLife(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 2, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 2, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -409,7 +412,7 @@ func TestScheduleInboundDataIsLife(t *testing.T) {
 // TestScheduleNoDeathWithoutSilence: a peer that was heard from since the
 // previous heartbeat never counts a miss, whatever happened to the replies.
 func TestScheduleNoDeathWithoutSilence(t *testing.T) {
-	s := &Schedule{Interval: time.Second, DeadAfter: 1, ExpectReply: true}
+	s := &Schedule{Interval: time.Second, DeadAfter: 1, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -429,7 +432,7 @@ func TestScheduleNoDeathWithoutSilence(t *testing.T) {
 // on this flow is death again.
 func TestScheduleNeverAnsweredRoute(t *testing.T) {
 	for _, rebind := range []bool{false, true} {
-		s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true, Rebind: rebind}
+		s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong, Rebind: rebind}
 		var f Flow
 		now := schedT0
 		s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -458,7 +461,7 @@ func TestScheduleNeverAnsweredRoute(t *testing.T) {
 		}
 	}
 	// A flow that was answered itself dies even if the route flag is unset.
-	s := &Schedule{Interval: schedInterval, DeadAfter: 2, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 2, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -522,7 +525,7 @@ func TestScheduleHealCadence(t *testing.T) {
 // TestScheduleNoDeathWithoutDeadAfter: DeadAfter 0 counts misses but never
 // declares death (the config rejects it; the schedule must not divide by 0).
 func TestScheduleNoDeathWithoutDeadAfter(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 0, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 0, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -538,7 +541,7 @@ func TestScheduleNoDeathWithoutDeadAfter(t *testing.T) {
 }
 
 func TestScheduleReplyRTT(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -581,7 +584,7 @@ func TestScheduleReplyRTT(t *testing.T) {
 // TestScheduleReplyClockSkew: a reply stamped before the heartbeat (two
 // clocks, or a reordered event) gives RTT 0, never negative.
 func TestScheduleReplyClockSkew(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong}
 	var f Flow
 	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
@@ -606,7 +609,7 @@ func TestScheduleReplyWithoutExpectReply(t *testing.T) {
 // TestScheduleReplyDoesNotPostpone: inbound traffic, pongs included, never
 // moves the next heartbeat (RFC 4787 REQ-6).
 func TestScheduleReplyDoesNotPostpone(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong}
 	var f Flow
 	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	d := schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
@@ -617,7 +620,7 @@ func TestScheduleReplyDoesNotPostpone(t *testing.T) {
 }
 
 func TestScheduleSTUNCurrentTxIDOnly(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 5, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 5, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	s.Tick(&f, now, Traffic{Outbound: now}, 0)
@@ -696,7 +699,7 @@ func TestScheduleSTUNOursRecent(t *testing.T) {
 // TestScheduleSTUNReplyBeforeSent: a response arriving for a flow whose
 // heartbeat ID was never recorded is not counted.
 func TestScheduleSTUNReplyBeforeSent(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong}
 	var f Flow
 	s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
 	schedBeat(t, s, &f, schedAt(8*time.Second), schedT0)
@@ -706,7 +709,7 @@ func TestScheduleSTUNReplyBeforeSent(t *testing.T) {
 }
 
 func TestScheduleTickZeroAllocs(t *testing.T) {
-	s := &Schedule{Interval: schedInterval, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: schedInterval, DeadAfter: 3, Pong: schedPong}
 	var f Flow
 	now := schedT0
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -724,7 +727,7 @@ func TestScheduleTickZeroAllocs(t *testing.T) {
 // flows would on every scheduler wake-up; one op is one pass over all flows.
 func BenchmarkScheduleTick100k(b *testing.B) {
 	const n = 100_000
-	s := &Schedule{Interval: 20 * time.Second, DeadAfter: 3, ExpectReply: true}
+	s := &Schedule{Interval: 20 * time.Second, DeadAfter: 3, Pong: schedPong}
 	flows := make([]Flow, n)
 	lastOut := make([]int64, n)
 	for i := range lastOut {

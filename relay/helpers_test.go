@@ -25,10 +25,9 @@ func udpOpts() UDPOptions {
 	return UDPOptions{
 		Role:            RoleClient,
 		Payload:         p,
-		Reply:           r,
 		FlowIdleTimeout: time.Minute,
 		MaxFlows:        65536,
-		Heartbeat:       keepalive.Schedule{DeadAfter: 3},
+		Heartbeat:       keepalive.Schedule{DeadAfter: 3, Pong: r},
 	}
 }
 

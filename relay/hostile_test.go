@@ -520,8 +520,8 @@ func hostileSend(t *testing.T, send func([]byte) error, msgs [][]byte) {
 func hostileSTUNOpts(interval time.Duration) UDPOptions {
 	o := udpOpts()
 	o.Payload, _ = keepalive.ParsePayload("stun")
-	o.Reply, _ = keepalive.ParseReply("", o.Payload)
-	o.Heartbeat = keepalive.Schedule{Interval: interval, DeadAfter: 3, ExpectReply: interval > 0}
+	o.Heartbeat.Pong, _ = keepalive.ParseReply("", o.Payload)
+	o.Heartbeat = keepalive.Schedule{Interval: interval, DeadAfter: 3, Pong: o.Heartbeat.Pong}
 	return o
 }
 

@@ -81,7 +81,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 		changed  bool
 		old, cur netip.AddrPort
 	)
-	switch f.opt.Reply.Kind {
+	switch f.opt.Heartbeat.Pong.Kind {
 	case keepalive.ReplySTUN:
 		typ, id, ok := keepalive.PeekTxID(b)
 		if !ok {
@@ -115,7 +115,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 		f.dead.Store(f.ka.Dead())
 		f.mu.Unlock()
 	case keepalive.ReplyBytes:
-		if !f.opt.Reply.MatchBytes(b) {
+		if !f.opt.Heartbeat.Pong.MatchBytes(b) {
 			return false
 		}
 		f.mu.Lock()
@@ -163,7 +163,7 @@ func (u *udpRoute) noAnswer(f *flow) {
 		return
 	}
 	u.st.notAnswering.Set(1)
-	u.log.Warn("upstream does not answer "+f.opt.Reply.String()+" heartbeats: liveness and RTT are off, heartbeats still keep the mapping",
+	u.log.Warn("upstream does not answer "+f.opt.Heartbeat.Pong.String()+" heartbeats: liveness and RTT are off, heartbeats still keep the mapping",
 		"upstream", u.up.hostport, "client", f.key.client, "dead_after", f.opt.Heartbeat.DeadAfter)
 }
 

@@ -114,8 +114,8 @@ func (p *livePeer) lastSource(t *testing.T) netip.AddrPort {
 func liveSTUNOpts(interval time.Duration, deadAfter int, rebind bool) UDPOptions {
 	o := udpOpts()
 	o.Payload, _ = keepalive.ParsePayload("stun")
-	o.Reply, _ = keepalive.ParseReply("", o.Payload)
-	o.Heartbeat = keepalive.Schedule{Interval: interval, DeadAfter: deadAfter, ExpectReply: true, Rebind: rebind}
+	o.Heartbeat.Pong, _ = keepalive.ParseReply("", o.Payload)
+	o.Heartbeat = keepalive.Schedule{Interval: interval, DeadAfter: deadAfter, Pong: o.Heartbeat.Pong, Rebind: rebind}
 	return o
 }
 

@@ -80,7 +80,6 @@ type UDPOptions struct {
 	Role            Role
 	Heartbeat       keepalive.Schedule
 	Payload         keepalive.Payload
-	Reply           keepalive.Reply
 	TTL             int           // IP TTL / hop limit of heartbeats only; 0 = the socket's default
 	STUNStrict      bool          // responder: answer only Binding Requests that end in a valid FINGERPRINT
 	AnswerRate      int           // responder: answers per second per source address, burst twice that; 0 = 20

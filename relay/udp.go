@@ -346,7 +346,7 @@ func (u *udpRoute) dialUpstream(key flowKey) (*net.UDPConn, netip.AddrPort, erro
 func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 	now := mono()
 	f.lastHeard.Store(now)
-	if f.opt.Reply.Enabled() && u.consumeReply(f, b, now) {
+	if f.opt.Heartbeat.Pong.Enabled() && u.consumeReply(f, b, now) {
 		return
 	}
 	if f.dead.Load() {

@@ -344,8 +344,8 @@ func TestUDPResponderAndSTUNClient(t *testing.T) {
 
 	o := udpOpts()
 	o.Payload, _ = keepalive.ParsePayload("stun")
-	o.Reply, _ = keepalive.ParseReply("", o.Payload)
-	o.Heartbeat = keepalive.Schedule{Interval: 150 * time.Millisecond, DeadAfter: 3, ExpectReply: true}
+	o.Heartbeat.Pong, _ = keepalive.ParseReply("", o.Payload)
+	o.Heartbeat = keepalive.Schedule{Interval: 150 * time.Millisecond, DeadAfter: 3, Pong: o.Heartbeat.Pong}
 	cr, cm := startRelay(t, newRouteUDP("127.0.0.1:0", rr.Addrs()[0].String(), o))
 	c := dialUDP(t, cr.Addrs()[0])
 	for i := range 5 {
@@ -425,8 +425,8 @@ func TestUDPByteReplyConsumed(t *testing.T) {
 	}()
 	o := udpOpts()
 	o.Payload, _ = keepalive.ParsePayload("text:PING")
-	o.Reply, _ = keepalive.ParseReply("text:PONG", o.Payload)
-	o.Heartbeat = keepalive.Schedule{Interval: 150 * time.Millisecond, DeadAfter: 3, ExpectReply: true}
+	o.Heartbeat.Pong, _ = keepalive.ParseReply("text:PONG", o.Payload)
+	o.Heartbeat = keepalive.Schedule{Interval: 150 * time.Millisecond, DeadAfter: 3, Pong: o.Heartbeat.Pong}
 	r, m := startRelay(t, newRouteUDP("127.0.0.1:0", srv.addr(), o))
 	c := dialUDP(t, r.Addrs()[0])
 	if _, err := c.Write([]byte("open")); err != nil {

@@ -277,7 +277,7 @@ func logStart(log *slog.Logger, cfg *config.Config, r *relay.Relay) {
 		case relay.UDP:
 			o := rt.UDP
 			attrs = append(attrs, slog.String("role", string(o.Role)), slog.Duration("heartbeat_interval", o.Heartbeat.Interval),
-				slog.String("payload", o.Payload.String()), slog.String("reply", o.Reply.String()), slog.Int("ttl", o.TTL),
+				slog.String("payload", o.Payload.String()), slog.String("reply", o.Heartbeat.Pong.String()), slog.Int("ttl", o.TTL),
 				slog.Int("dead_after", o.Heartbeat.DeadAfter), slog.Duration("flow_idle_timeout", o.FlowIdleTimeout), slog.Int("max_flows", o.MaxFlows))
 			if rt.Transparent {
 				attrs = append(attrs, slog.Int("intercept_rules", len(rt.Intercept)))

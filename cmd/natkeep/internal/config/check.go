@@ -200,7 +200,7 @@ func (c *Config) Effective(environ map[string]string) []RouteView {
 			case "max_conns":
 				s.Value = fmt.Sprintf("%s (%d)", s.Value, rt.TCP.MaxConns)
 			case "reply":
-				s.Value = rt.UDP.Reply.String()
+				s.Value = rt.UDP.Heartbeat.Pong.String()
 			case "user_timeout":
 				s.Value = rt.TCP.UserTimeout.String()
 			}

@@ -57,9 +57,8 @@ func cfgUDPDefaults(t testing.TB) relay.UDPOptions {
 	p := cfgPayload(t, "empty")
 	return relay.UDPOptions{
 		Role:              relay.RoleClient,
-		Heartbeat:         keepalive.Schedule{Interval: 20 * time.Second, DeadAfter: 3, ExpectReply: false, Heal: 5 * time.Minute},
+		Heartbeat:         keepalive.Schedule{Interval: 20 * time.Second, DeadAfter: 3, Pong: cfgReply(t, "", p), Heal: 5 * time.Minute},
 		Payload:           p,
-		Reply:             cfgReply(t, "", p),
 		TTL:               0,
 		FlowIdleTimeout:   10 * time.Minute,
 		UnansweredTimeout: 30 * time.Second,
@@ -164,7 +163,7 @@ func TestConfigDefaults(t *testing.T) {
 	u := c.Relay.Routes[0].UDP
 	if u.Heartbeat.Interval != 20*time.Second || u.Payload.Kind != keepalive.PayloadEmpty || u.Payload.String() != "empty" ||
 		u.TTL != 0 || u.Heartbeat.DeadAfter != 3 || u.FlowIdleTimeout != 10*time.Minute || u.MaxFlows != 65536 ||
-		u.Reply.Kind != keepalive.ReplyNone || u.Heartbeat.ExpectReply || u.Role != relay.RoleClient {
+		u.Heartbeat.Pong.Kind != keepalive.ReplyNone || u.Heartbeat.Pong.Enabled() || u.Role != relay.RoleClient {
 		t.Errorf("UDP defaults wrong: %+v", u)
 	}
 	tc := c.Relay.Routes[1].TCP
@@ -222,13 +221,13 @@ func TestConfigGlobalVariables(t *testing.T) {
 			}
 		}},
 		{"heartbeat payload crlf", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
-			if u.Payload.Kind != keepalive.PayloadCRLF || string(u.Payload.Bytes) != "\r\n" || u.Reply.Kind != keepalive.ReplyNone || u.Heartbeat.ExpectReply {
-				t.Errorf("payload %+v reply %+v", u.Payload, u.Reply)
+			if u.Payload.Kind != keepalive.PayloadCRLF || string(u.Payload.Bytes) != "\r\n" || u.Heartbeat.Pong.Kind != keepalive.ReplyNone || u.Heartbeat.Pong.Enabled() {
+				t.Errorf("payload %+v reply %+v", u.Payload, u.Heartbeat.Pong)
 			}
 		}},
 		{"heartbeat payload stun implies reply stun", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "stun"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
-			if u.Payload.Kind != keepalive.PayloadSTUN || u.Reply.Kind != keepalive.ReplySTUN || !u.Heartbeat.ExpectReply {
-				t.Errorf("payload %+v reply %+v expect %v", u.Payload, u.Reply, u.Heartbeat.ExpectReply)
+			if u.Payload.Kind != keepalive.PayloadSTUN || u.Heartbeat.Pong.Kind != keepalive.ReplySTUN || !u.Heartbeat.Pong.Enabled() {
+				t.Errorf("payload %+v reply %+v expect %v", u.Payload, u.Heartbeat.Pong, u.Heartbeat.Pong.Enabled())
 			}
 		}},
 		{"heartbeat payload hex", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "hex:deadBEEF"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
@@ -247,13 +246,13 @@ func TestConfigGlobalVariables(t *testing.T) {
 			}
 		}},
 		{"heartbeat reply text", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "text:ping", "NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
-			if u.Reply.Kind != keepalive.ReplyBytes || string(u.Reply.Bytes) != "pong" || !u.Heartbeat.ExpectReply || u.Reply.String() != "text:pong" {
-				t.Errorf("reply %+v expect %v", u.Reply, u.Heartbeat.ExpectReply)
+			if u.Heartbeat.Pong.Kind != keepalive.ReplyBytes || string(u.Heartbeat.Pong.Bytes) != "pong" || !u.Heartbeat.Pong.Enabled() || u.Heartbeat.Pong.String() != "text:pong" {
+				t.Errorf("reply %+v expect %v", u.Heartbeat.Pong, u.Heartbeat.Pong.Enabled())
 			}
 		}},
 		{"heartbeat reply none", []string{"NATKEEP_UDP_HEARTBEAT_REPLY", "none"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
-			if u.Reply.Kind != keepalive.ReplyNone || u.Heartbeat.ExpectReply {
-				t.Errorf("reply %+v", u.Reply)
+			if u.Heartbeat.Pong.Kind != keepalive.ReplyNone || u.Heartbeat.Pong.Enabled() {
+				t.Errorf("reply %+v", u.Heartbeat.Pong)
 			}
 		}},
 		{"dead after", []string{"NATKEEP_UDP_DEAD_AFTER", "5"}, func(t *testing.T, c *Config, u relay.UDPOptions, tc relay.TCPOptions) {
@@ -690,36 +689,30 @@ func TestConfigRouteOverrides(t *testing.T) {
 		{"payload text percent-encoded ampersand", udp("payload=text:a%26b%3Dc"), nil, func(t *testing.T, o *relay.UDPOptions) { o.Payload = cfgPayload(t, "text:a&b=c") }, nil},
 		{"payload stun sets reply stun", udp("payload=stun"), nil, func(t *testing.T, o *relay.UDPOptions) {
 			o.Payload = cfgPayload(t, "stun")
-			o.Reply = cfgReply(t, "stun", o.Payload)
-			o.Heartbeat.ExpectReply = true
+			o.Heartbeat.Pong = cfgReply(t, "stun", o.Payload)
 		}, nil},
 		{"payload stun reply stun", udp("payload=stun&reply=stun"), nil, func(t *testing.T, o *relay.UDPOptions) {
 			o.Payload = cfgPayload(t, "stun")
-			o.Reply = cfgReply(t, "stun", o.Payload)
-			o.Heartbeat.ExpectReply = true
+			o.Heartbeat.Pong = cfgReply(t, "stun", o.Payload)
 		}, nil},
 		{"reply text", udp("payload=text:ping&reply=text:pong"), nil, func(t *testing.T, o *relay.UDPOptions) {
 			o.Payload = cfgPayload(t, "text:ping")
-			o.Reply = cfgReply(t, "text:pong", o.Payload)
-			o.Heartbeat.ExpectReply = true
+			o.Heartbeat.Pong = cfgReply(t, "text:pong", o.Payload)
 		}, nil},
 		{"reply hex on global payload", udp("reply=hex:0a0b"), []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf"}, func(t *testing.T, o *relay.UDPOptions) {
 			o.Payload = cfgPayload(t, "crlf")
-			o.Reply = cfgReply(t, "hex:0a0b", o.Payload)
-			o.Heartbeat.ExpectReply = true
+			o.Heartbeat.Pong = cfgReply(t, "hex:0a0b", o.Payload)
 		}, nil},
 		{"reply none overrides global reply", udp("reply=none"), []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf", "NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong"}, func(t *testing.T, o *relay.UDPOptions) {
 			o.Payload = cfgPayload(t, "crlf")
-			o.Reply = cfgReply(t, "none", o.Payload)
-			o.Heartbeat.ExpectReply = false
+			o.Heartbeat.Pong = cfgReply(t, "none", o.Payload)
 		}, nil},
 		{"ttl", udp("ttl=2"), nil, func(t *testing.T, o *relay.UDPOptions) { o.TTL = 2 }, nil},
 		{"ttl 255 with crlf", udp("ttl=255&payload=crlf"), nil, func(t *testing.T, o *relay.UDPOptions) { o.TTL = 255; o.Payload = cfgPayload(t, "crlf") }, nil},
 		{"ttl 0 with stun", udp("ttl=0&payload=stun"), []string{"NATKEEP_UDP_HEARTBEAT_TTL", "4"}, func(t *testing.T, o *relay.UDPOptions) {
 			o.TTL = 0
 			o.Payload = cfgPayload(t, "stun")
-			o.Reply = cfgReply(t, "", o.Payload)
-			o.Heartbeat.ExpectReply = true
+			o.Heartbeat.Pong = cfgReply(t, "", o.Payload)
 		}, nil},
 		{"dead_after", udp("dead_after=7"), nil, func(t *testing.T, o *relay.UDPOptions) { o.Heartbeat.DeadAfter = 7 }, nil},
 		{"idle_timeout", udp("idle_timeout=30s"), nil, func(t *testing.T, o *relay.UDPOptions) { o.FlowIdleTimeout = 30 * time.Second }, nil},
@@ -729,8 +722,7 @@ func TestConfigRouteOverrides(t *testing.T) {
 			o.Role = relay.RoleResponder
 			o.Heartbeat.Interval = 0
 			o.Payload = cfgPayload(t, "stun")
-			o.Reply = cfgReply(t, "", o.Payload)
-			o.Heartbeat.ExpectReply = true
+			o.Heartbeat.Pong = cfgReply(t, "", o.Payload)
 		}, nil},
 		{"keepalive_idle", tcp("keepalive_idle=30s"), nil, nil, func(o *relay.TCPOptions) {
 			o.Keepalive.Idle = 30 * time.Second
@@ -769,9 +761,9 @@ func TestConfigRouteOverrides(t *testing.T) {
 		}},
 		{"all udp keys", udp("interval=3s&payload=text:hi&ttl=0&reply=text:ho&dead_after=2&idle_timeout=1h&max_flows=9&role=client&ttl_heal=1m&on_dead=rebind&stun_strict=true"), nil, func(t *testing.T, o *relay.UDPOptions) {
 			p := cfgPayload(t, "text:hi")
-			*o = relay.UDPOptions{Role: relay.RoleClient, Heartbeat: keepalive.Schedule{Interval: 3 * time.Second, DeadAfter: 2, ExpectReply: true, Rebind: true, Heal: time.Minute}, STUNStrict: true,
+			*o = relay.UDPOptions{Role: relay.RoleClient, Heartbeat: keepalive.Schedule{Interval: 3 * time.Second, DeadAfter: 2, Pong: cfgReply(t, "text:ho", p), Rebind: true, Heal: time.Minute}, STUNStrict: true,
 				UnansweredTimeout: 30 * time.Second, AnswerRate: 20,
-				Payload: p, Reply: cfgReply(t, "text:ho", p), FlowIdleTimeout: time.Hour, MaxFlows: 9}
+				Payload: p, FlowIdleTimeout: time.Hour, MaxFlows: 9}
 		}, nil},
 	}
 	for _, tt := range tests {

@@ -104,26 +104,23 @@ func fuzzCheckUDP(t *testing.T, n int, o relay.UDPOptions) {
 	if h.DeadAfter < 1 || o.MaxFlows < 1 || o.FlowIdleTimeout <= 0 {
 		t.Errorf("route %d dead_after %d max_flows %d idle %v", n, h.DeadAfter, o.MaxFlows, o.FlowIdleTimeout)
 	}
-	if o.TTL < 0 || o.TTL > 255 || (o.TTL > 0 && o.Reply.Enabled()) {
-		t.Errorf("route %d ttl %d reply %s", n, o.TTL, o.Reply)
+	if o.TTL < 0 || o.TTL > 255 || (o.TTL > 0 && h.Pong.Enabled()) {
+		t.Errorf("route %d ttl %d reply %s", n, o.TTL, h.Pong)
 	}
-	if h.ExpectReply != o.Reply.Enabled() {
-		t.Errorf("route %d ExpectReply %v with reply %s", n, h.ExpectReply, o.Reply)
+	if (o.Payload.Kind == keepalive.PayloadSTUN) != (h.Pong.Kind == keepalive.ReplySTUN) {
+		t.Errorf("route %d payload %s with reply %s", n, o.Payload, h.Pong)
 	}
-	if (o.Payload.Kind == keepalive.PayloadSTUN) != (o.Reply.Kind == keepalive.ReplySTUN) {
-		t.Errorf("route %d payload %s with reply %s", n, o.Payload, o.Reply)
-	}
-	if len(o.Payload.Bytes) > keepalive.MaxPayload || len(o.Reply.Bytes) > keepalive.MaxPayload {
-		t.Errorf("route %d payload %d bytes, reply %d bytes", n, len(o.Payload.Bytes), len(o.Reply.Bytes))
+	if len(o.Payload.Bytes) > keepalive.MaxPayload || len(h.Pong.Bytes) > keepalive.MaxPayload {
+		t.Errorf("route %d payload %d bytes, reply %d bytes", n, len(o.Payload.Bytes), len(h.Pong.Bytes))
 	}
 	// What the config shows must parse back to the same thing.
 	p, err := keepalive.ParsePayload(o.Payload.String())
 	if err != nil || !reflect.DeepEqual(p, o.Payload) {
 		t.Errorf("route %d payload %s does not round-trip: %+v, %v", n, o.Payload, p, err)
 	}
-	r, err := keepalive.ParseReply(o.Reply.String(), o.Payload)
-	if err != nil || r.Kind != o.Reply.Kind || string(r.Bytes) != string(o.Reply.Bytes) {
-		t.Errorf("route %d reply %s does not round-trip: %+v, %v", n, o.Reply, r, err)
+	r, err := keepalive.ParseReply(h.Pong.String(), o.Payload)
+	if err != nil || r.Kind != h.Pong.Kind || string(r.Bytes) != string(h.Pong.Bytes) {
+		t.Errorf("route %d reply %s does not round-trip: %+v, %v", n, h.Pong, r, err)
 	}
 }
 

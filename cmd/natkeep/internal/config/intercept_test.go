@@ -270,7 +270,7 @@ func TestInterceptConfigOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Heartbeat.Interval != 15*time.Second || u.Payload.String() != "stun" || !u.Reply.Enabled() {
+	if u.Heartbeat.Interval != 15*time.Second || u.Payload.String() != "stun" || !u.Heartbeat.Pong.Enabled() {
 		t.Errorf("udp:5060 overrides not applied: %+v", u)
 	}
 	u, err = c.udpOptions(1, icptDefaults())

@@ -212,13 +212,13 @@ func (s routeSettings) udp() (relay.UDPOptions, error) {
 	if s.answerRate < 1 {
 		return o, &settingError{"answer_rate", "AnswerRate", strconv.Itoa(s.answerRate), "must be at least 1 (answers per second per source)"}
 	}
-	o.Payload, o.Reply, o.TTL, o.STUNStrict = p, r, s.ttl, s.stunStrict
+	o.Payload, o.TTL, o.STUNStrict = p, s.ttl, s.stunStrict
 	o.FlowIdleTimeout, o.UnansweredTimeout = s.idleTimeout, s.unanswered
 	o.MaxFlowsPerSource, o.AnswerRate = s.perSource, s.answerRate
 	// Heal matters only with a TTL (the relay sends every heartbeat at the
 	// normal TTL otherwise); it is kept as configured so the options read
 	// the same whatever the ttl.
-	o.Heartbeat = keepalive.Schedule{Interval: s.interval, DeadAfter: s.deadAfter, ExpectReply: r.Enabled(), Rebind: rebind, Heal: s.ttlHeal}
+	o.Heartbeat = keepalive.Schedule{Interval: s.interval, DeadAfter: s.deadAfter, Pong: r, Rebind: rebind, Heal: s.ttlHeal}
 	if o.Role == relay.RoleResponder {
 		// A responder sits beside the server: it answers heartbeats, it
 		// does not send its own across a NAT it is not behind.

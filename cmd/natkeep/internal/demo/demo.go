@@ -96,8 +96,8 @@ func runDemo(w io.Writer, idle time.Duration) error {
 	reply, _ := keepalive.ParseReply("", payload)
 	route := relay.Route{Name: "udp://127.0.0.1:0/" + up.LocalAddr().String() + "?interval=1s", Proto: relay.UDP,
 		Listen: "127.0.0.1:0", Upstream: up.LocalAddr().String(),
-		UDP: relay.UDPOptions{Role: relay.RoleClient, Payload: payload, Reply: reply, FlowIdleTimeout: 10 * time.Minute, MaxFlows: 16,
-			Heartbeat: keepalive.Schedule{Interval: time.Second, DeadAfter: 3}}}
+		UDP: relay.UDPOptions{Role: relay.RoleClient, Payload: payload, FlowIdleTimeout: 10 * time.Minute, MaxFlows: 16,
+			Heartbeat: keepalive.Schedule{Interval: time.Second, DeadAfter: 3, Pong: reply}}}
 	reg := prometheus.NewRegistry()
 	r, err := relay.New(relay.Config{Routes: []relay.Route{route}, ResolveInterval: time.Minute}, slog.New(slog.DiscardHandler), relay.NewMetrics(reg))
 	if err != nil {

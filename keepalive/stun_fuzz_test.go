@@ -63,21 +63,32 @@ func FuzzParseBindingResponse(f *testing.F) {
 	})
 }
 
+// fuzzCheckRequestParse checks what every request parser promises: a failed
+// parse returns the zero ID, a good one the ID of a Binding Request as
+// PeekTxID sees it. It reports whether the parse succeeded.
+func fuzzCheckRequestParse(t *testing.T, b []byte, id TxID, err error) bool {
+	t.Helper()
+	if err != nil {
+		if id != (TxID{}) {
+			t.Fatalf("failed parse returned ID %x", id)
+		}
+		return false
+	}
+	typ, pid, ok := PeekTxID(b)
+	if !ok || typ != 0x0001 || pid != id {
+		t.Fatalf("parsed a message PeekTxID sees as %#04x %x %v", typ, pid, ok)
+	}
+	return true
+}
+
 func FuzzParseBindingRequest(f *testing.F) {
 	for _, s := range stunFuzzSeeds(f) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		id, err := ParseBindingRequest(b)
-		if err != nil {
-			if id != (TxID{}) {
-				t.Fatalf("failed parse returned ID %x", id)
-			}
+		if !fuzzCheckRequestParse(t, b, id, err) {
 			return
-		}
-		typ, pid, ok := PeekTxID(b)
-		if !ok || typ != 0x0001 || pid != id {
-			t.Fatalf("parsed a message PeekTxID sees as %#04x %x %v", typ, pid, ok)
 		}
 		again := AppendBindingRequest(nil, id)
 		if id2, err := ParseBindingRequest(again); err != nil || id2 != id {
@@ -96,15 +107,8 @@ func FuzzParseFingerprintedBindingRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		id, err := ParseFingerprintedBindingRequest(b)
-		if err != nil {
-			if id != (TxID{}) {
-				t.Fatalf("failed parse returned ID %x", id)
-			}
+		if !fuzzCheckRequestParse(t, b, id, err) {
 			return
-		}
-		typ, pid, ok := PeekTxID(b)
-		if !ok || typ != 0x0001 || pid != id {
-			t.Fatalf("parsed a message PeekTxID sees as %#04x %x %v", typ, pid, ok)
 		}
 		if !stunFingerprintOK(b) {
 			t.Fatalf("accepted %x without a valid trailing FINGERPRINT", b)

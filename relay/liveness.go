@@ -62,6 +62,19 @@ func (u *udpRoute) isEcho(f *flow, b []byte) bool {
 	return p.Kind != keepalive.PayloadSTUN && len(b) == len(p.Bytes) && f.lastBeat.Load() != 0 && bytes.Equal(b, p.Bytes)
 }
 
+// revived counts and logs a dead peer heard from again: by a heartbeat
+// reply, or by any other datagram.
+func (u *udpRoute) revived(f *flow, byReply bool) {
+	via := "data"
+	if byReply {
+		u.st.revivedReply.Inc()
+		via = "reply"
+	} else {
+		u.st.revivedData.Inc()
+	}
+	u.events.revived.emit("client", f.key.client, "via", via)
+}
+
 // heard revives a dead peer that app data came from.
 func (u *udpRoute) heard(f *flow, now int64) {
 	f.mu.Lock()
@@ -69,8 +82,7 @@ func (u *udpRoute) heard(f *flow, now int64) {
 	f.dead.Store(f.ka.Dead())
 	f.mu.Unlock()
 	if revived {
-		u.st.revivedData.Inc()
-		u.events.revived.emit("client", f.key.client, "via", "data")
+		u.revived(f, false)
 	}
 }
 
@@ -100,8 +112,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 			f.mu.Unlock()
 			u.st.echoes.Inc()
 			if revived {
-				u.st.revivedData.Inc()
-				u.events.revived.emit("client", f.key.client, "via", "data")
+				u.revived(f, false)
 			}
 			return true
 		}
@@ -127,8 +138,7 @@ func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 	}
 	u.markAnswered()
 	if res.Revived {
-		u.st.revivedReply.Inc()
-		u.events.revived.emit("client", f.key.client, "via", "reply")
+		u.revived(f, true)
 	}
 	if !res.Counted {
 		u.st.dropStray.Inc() // a late or duplicate reply: ours, consumed, measures nothing
@@ -171,8 +181,7 @@ func (u *udpRoute) noAnswer(f *flow) {
 func (u *udpRoute) liveness(f *flow, d keepalive.Decision, dead bool) {
 	hb := &f.opt.Heartbeat
 	if d.Revived {
-		u.st.revivedData.Inc()
-		u.events.revived.emit("client", f.key.client, "via", "data")
+		u.revived(f, false)
 	}
 	if d.Unanswered {
 		u.noAnswer(f)

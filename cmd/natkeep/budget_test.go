@@ -41,7 +41,7 @@ func startBudgetNatkeep(t *testing.T, l *natlab.Lab, nofile int, env ...string) 
 	if nofile > 0 {
 		prlimit, err := exec.LookPath("prlimit")
 		if err != nil {
-			t.Skip("prlimit (util-linux) not installed")
+			natlab.Skip(t, "prlimit (util-linux) not installed")
 		}
 		p = l.StartProcess(t, l.Client, env, prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), natlab.NatkeepBinary(t))
 	} else {

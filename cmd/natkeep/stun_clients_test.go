@@ -104,11 +104,11 @@ var reflexiveRE = regexp.MustCompile(`reflexive addr: (\S+)`)
 
 func TestSTUNClientsGetMappedAddress(t *testing.T) {
 	if _, err := exec.LookPath("turnutils_stunclient"); err != nil {
-		t.Skip("coturn's turnutils_stunclient is not installed (apt-get install coturn); .ci/run installs it")
+		natlab.Skip(t, "coturn's turnutils_stunclient is not installed (apt-get install coturn); .ci/run installs it")
 	}
 	pion, err := pionSTUNClient(t)
 	if err != nil {
-		t.Skipf("cannot build pion's stun-client from the Go module proxy: %v", err)
+		natlab.Skip(t, "cannot build pion's stun-client from the Go module proxy: %v", err)
 	}
 	s := newSTUNClientLab(t)
 	l := s.l

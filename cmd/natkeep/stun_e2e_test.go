@@ -22,7 +22,7 @@ import (
 func TestSTUNInteropCoturn(t *testing.T) {
 	turn, err := exec.LookPath("turnserver")
 	if err != nil {
-		t.Skip("coturn's turnserver is not installed (apt-get install coturn); .ci/run installs it")
+		natlab.Skip(t, "coturn's turnserver is not installed (apt-get install coturn); .ci/run installs it")
 	}
 	stunPort, appPort, adminPort := nktest.FreePort(t, "udp"), nktest.FreePort(t, "udp"), nktest.FreePort(t, "tcp")
 	dir := t.TempDir()

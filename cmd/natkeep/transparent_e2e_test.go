@@ -184,7 +184,7 @@ func TestTransparentDirectConnectionReset(t *testing.T) {
 // exempt UID nor able to mark its sockets must refuse to start.
 func TestTransparentRefusesWithoutBypass(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to drop CAP_NET_ADMIN from a child")
+		natlab.Skip(t, "needs root to drop CAP_NET_ADMIN from a child")
 	}
 	bin := natlab.NatkeepBinaryCopy(t) // uid 1000 may run it
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

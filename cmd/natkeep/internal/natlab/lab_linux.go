@@ -71,6 +71,20 @@ type Lab struct {
 // addresses make logs unambiguous).
 var usedSubnets sync.Map
 
+// RequireEnv names the variable that, set to 1 (as .ci/run does), turns
+// every lab skip into a failure: in CI a missing tool, a build that cannot
+// be made or a lack of root must not pass quietly as a skip.
+const RequireEnv = "LAB_REQUIRE_E2E"
+
+// Skip skips the test with the reason, or fails it when RequireEnv is set.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf(format+" (%s=1: this test must run here)", append(args, RequireEnv)...)
+	}
+	t.Skipf(format, args...)
+}
+
 // SkipUnlessCapable skips the test unless it runs as root on Linux with
 // the tools a lab needs (ip6tables too with ipv6).
 func SkipUnlessCapable(t testing.TB, ipv6 bool) {
@@ -79,7 +93,7 @@ func SkipUnlessCapable(t testing.TB, ipv6 bool) {
 		t.Skip("NAT lab needs root and ip/iptables/conntrack: not Linux")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("NAT lab needs root and ip/iptables/conntrack: not running as root")
+		Skip(t, "NAT lab needs root and ip/iptables/conntrack: not running as root")
 	}
 	tools := []string{"ip", "iptables", "conntrack", "sysctl"}
 	if ipv6 {
@@ -92,7 +106,7 @@ func SkipUnlessCapable(t testing.TB, ipv6 bool) {
 		}
 	}
 	if len(missing) > 0 {
-		t.Skipf("NAT lab needs root and ip/iptables/conntrack: missing %s (apt-get install -y iproute2 iptables conntrack)", strings.Join(missing, ", "))
+		Skip(t, "NAT lab needs root and ip/iptables/conntrack: missing %s (apt-get install -y iproute2 iptables conntrack)", strings.Join(missing, ", "))
 	}
 }
 

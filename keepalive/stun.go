@@ -33,6 +33,8 @@ const (
 	stunAttrFingerprint            = 0x8028
 	stunAttrPadding                = 0x0026 // RFC 5780: ignored by design
 	stunAttrResponsePort           = 0x0027 // RFC 5780 section 7.5
+	stunAttrOtherAddress           = 0x802C // RFC 5780 section 7.4
+	stunAttrChangedAddress         = 0x0005 // RFC 3489's name for the same
 	stunAttrUsername               = 0x0006
 	stunAttrUserhash               = 0x001E
 	stunAttrErrorCode              = 0x0009
@@ -105,6 +107,29 @@ func AppendBindingRequest(dst []byte, id TxID) []byte {
 	dst = stunAppendHeader(dst, stunTypeBindingRequest, stunFingerprintLen, id)
 	return stunAppendFingerprint(dst, dst[start:])
 }
+
+// AppendResponsePortRequest appends a Binding Request carrying
+// RESPONSE-PORT port (RFC 5780 section 7.5: answer to my address at this
+// port) and a FINGERPRINT to dst: the second half of a binding lifetime
+// probe. Port 0 means no RESPONSE-PORT, which is AppendBindingRequest. It
+// does not allocate when dst has room for 36 more bytes.
+func AppendResponsePortRequest(dst []byte, id TxID, port uint16) []byte {
+	if port == 0 {
+		return AppendBindingRequest(dst, id)
+	}
+	start := len(dst)
+	dst = stunAppendHeader(dst, stunTypeBindingRequest, stunAttrHeaderLen+4+stunFingerprintLen, id)
+	dst = binary.BigEndian.AppendUint16(dst, stunAttrResponsePort)
+	dst = binary.BigEndian.AppendUint16(dst, 4)
+	dst = binary.BigEndian.AppendUint16(dst, port)
+	dst = append(dst, 0, 0) // RFC 5780: two bytes of padding, ignored
+	return stunAppendFingerprint(dst, dst[start:])
+}
+
+// IsBindingError reports whether a STUN message type (from PeekTxID) is a
+// Binding Error Response, such as the 420 a server that does not know
+// RESPONSE-PORT sends.
+func IsBindingError(typ uint16) bool { return typ == stunTypeBindingError }
 
 // AppendBindingSuccess appends a Binding Success Response carrying
 // XOR-MAPPED-ADDRESS for mapped, and a FINGERPRINT, to dst and returns the
@@ -411,6 +436,9 @@ type BindingResponse struct {
 	Mapped netip.AddrPort
 	// HasMapped is false if the response carried no address attribute.
 	HasMapped bool
+	// Other is the server's alternate address from OTHER-ADDRESS (RFC 5780) or RFC 3489's CHANGED-ADDRESS; HasOther is false without one.
+	Other    netip.AddrPort
+	HasOther bool
 }
 
 // ParseBindingResponse parses a Binding Success Response. It takes the
@@ -471,6 +499,15 @@ func ParseBindingResponse(b []byte) (BindingResponse, error) {
 				return BindingResponse{}, err
 			}
 			plainAddr, hasPlain = ap, true
+		case stunAttrOtherAddress, stunAttrChangedAddress:
+			if r.HasOther {
+				continue
+			}
+			ap, err := stunDecodeAddress(val, false, r.ID)
+			if err != nil {
+				return BindingResponse{}, err
+			}
+			r.Other, r.HasOther = ap, true
 		case stunAttrMessageIntegrity, stunAttrMessageIntegritySHA256:
 			afterIntegrity = true
 		}

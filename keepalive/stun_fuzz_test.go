@@ -16,6 +16,8 @@ func stunFuzzSeeds(tb testing.TB) [][]byte {
 		stunUnhex(tb, rfc5769IPv4Response),
 		stunUnhex(tb, rfc5769IPv6Response),
 		AppendBindingRequest(nil, id),
+		AppendResponsePortRequest(nil, id, 40000),
+		stunBuild(0x0101, id, false, xor4, stunAttr(0x802C, 0, 1, 0x0d, 0x96, 198, 51, 100, 8)),
 		AppendBindingSuccess(nil, id, netip.MustParseAddrPort("192.0.2.1:32853")),
 		AppendBindingSuccess(nil, id, netip.MustParseAddrPort("[2001:db8::1]:443")),
 		AppendBindingSuccess(nil, id, netip.AddrPort{}),
@@ -139,4 +141,41 @@ func FuzzReadBindingRequest(f *testing.F) {
 			t.Fatalf("420 answer %x is not STUN", e)
 		}
 	})
+}
+
+// FuzzResponsePort: every RESPONSE-PORT request the prober can build
+// parses back with its port and fingerprint, and an answer to it carries
+// any OTHER-ADDRESS the server adds back unchanged.
+func FuzzResponsePort(f *testing.F) {
+	f.Add([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, uint16(3478))
+	f.Add(make([]byte, 12), uint16(0))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, uint16(65535))
+	f.Fuzz(func(t *testing.T, raw []byte, port uint16) {
+		var id TxID
+		copy(id[:], raw)
+		b := AppendResponsePortRequest(nil, id, port)
+		r, err := ReadBindingRequest(b, true)
+		if err != nil {
+			t.Fatalf("own request %x does not parse: %v", b, err)
+		}
+		if r.ID != id || r.ResponsePort != port || !r.Fingerprint || r.NUnknown != 0 || r.Credentials {
+			t.Fatalf("request for port %d parsed as %+v", port, r)
+		}
+		if port == 0 && len(b) != 28 {
+			t.Fatalf("port 0 request is %d bytes, want a plain 28-byte request", len(b))
+		}
+		other := netip.AddrPortFrom(netip.AddrFrom4([4]byte{raw0(raw), 51, 100, 8}), port)
+		resp := stunBuild(0x0101, id, true, stunAttr(0x802C, 0, 1, byte(port>>8), byte(port), raw0(raw), 51, 100, 8))
+		got, err := ParseBindingResponse(resp)
+		if err != nil || !got.HasOther || got.Other != other {
+			t.Fatalf("OTHER-ADDRESS %v came back as %+v, %v", other, got, err)
+		}
+	})
+}
+
+func raw0(b []byte) byte {
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
 }

@@ -76,7 +76,7 @@ func (s *LifetimeSearch) Next() []time.Duration {
 	step := (s.hi - s.lo) / time.Duration(s.parallel+1)
 	out := make([]time.Duration, 0, s.parallel)
 	for i := 1; i <= s.parallel; i++ {
-		out = append(out, (s.lo+time.Duration(i)*step).Round(time.Millisecond))
+		out = append(out, (s.lo + time.Duration(i)*step).Round(time.Millisecond))
 	}
 	return out
 }
@@ -187,6 +187,7 @@ var PathPhases = []PathPhase{PathLearning, PathLearned, PathNoSTUN, PathNoRespon
 
 // Reasons a route learns its path again.
 const (
+	RelearnStart          = "start"           // the first learning
 	RelearnPeriodic       = "periodic"        // Path.Relearn has passed since the last learning
 	RelearnMappingChanged = "mapping_changed" // a flow's mapped address changed: its mapping was lost
 	RelearnVerifyFailed   = "verify_failed"   // a mapping did not survive the interval in force, twice in a row
@@ -227,7 +228,7 @@ type Path struct {
 // NewPath returns the state of a route that has learned nothing yet: the
 // fallback is in force and learning is due at once.
 func NewPath(fallback, relearn time.Duration) *Path {
-	return &Path{Fallback: fallback, Relearn: relearn, Retry: time.Minute, interval: fallback, reason: "start"}
+	return &Path{Fallback: fallback, Relearn: relearn, Retry: time.Minute, interval: fallback, reason: RelearnStart}
 }
 
 // Phase returns where learning stands.
@@ -249,6 +250,9 @@ func (p *Path) Due(now int64) (bool, string) {
 	}
 	return true, p.reason
 }
+
+// NextAt returns when the next learning is due (meaningless while one runs).
+func (p *Path) NextAt() int64 { return p.next }
 
 // Begin records that a learning starts; the interval in force stays.
 func (p *Path) Begin() {

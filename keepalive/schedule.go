@@ -42,6 +42,10 @@ type Schedule struct {
 	Pong      Reply         // what counts as a reply (a pong); with one, misses are counted
 	Rebind    bool          // on a dead peer take a fresh local port (on_dead=rebind) instead of keeping the flow's
 	Heal      time.Duration // with TTL-limited heartbeats, send one at the normal TTL at least this often; 0 = never
+	// Limited marks heartbeats as TTL-limited: they end before the server,
+	// so only the normal-TTL (heal) heartbeats can be answered, and only
+	// they count misses and measure RTT.
+	Limited bool
 }
 
 // Enabled reports whether heartbeats are sent at all.
@@ -50,14 +54,15 @@ func (s *Schedule) Enabled() bool { return s.Interval > 0 }
 // Flow is one flow's heartbeat and liveness state. The zero value is a flow
 // that has sent nothing. It is not safe for concurrent use: the relay guards it.
 type Flow struct {
-	base        int64 // start of the current silence: last outbound datagram or last heartbeat
-	due         int64 // when the next heartbeat is due
-	sentAt      int64 // when the last heartbeat went out
-	beats       int64 // heartbeats sent
-	heard       int64 // when anything last arrived from the upstream
-	full        int64 // when a datagram last went upstream at the normal TTL (app data or a heal heartbeat)
-	diedAt      int64 // the heartbeat that declared the peer dead
-	outstanding bool  // the last heartbeat awaits its reply (RTT)
+	base        int64         // start of the current silence: last outbound datagram or last heartbeat
+	due         int64         // when the next heartbeat is due
+	dueIvl      time.Duration // the interval due was computed with (a learned interval can change)
+	sentAt      int64         // when the last heartbeat that expects a reply went out
+	beats       int64         // heartbeats sent
+	heard       int64         // when anything last arrived from the upstream
+	full        int64         // when a datagram last went upstream at the normal TTL (app data or a heal heartbeat)
+	diedAt      int64         // the heartbeat that declared the peer dead
+	outstanding bool          // the last heartbeat awaits its reply (RTT)
 	misses      int
 	dead        bool
 	answered    bool // a heartbeat of this flow was ever answered
@@ -104,29 +109,33 @@ func (s *Schedule) Tick(f *Flow, now int64, t Traffic, r float64) Decision {
 	if t.Outbound > f.full {
 		f.full = t.Outbound
 	}
-	if t.Outbound > f.base || f.due == 0 {
+	if t.Outbound > f.base || f.due == 0 || f.dueIvl != s.Interval {
 		if t.Outbound > f.base {
 			f.base = t.Outbound
 		}
-		f.due = f.base + s.jitter(r)
+		f.due, f.dueIvl = f.base+s.jitter(r), s.Interval
 	}
 	if now < f.due {
 		d.Next = f.due
 		return d
 	}
 	d.Send = true
-	if s.Pong.Enabled() && f.beats > 0 {
-		s.countMiss(f, now, t.RouteAnswered, &d)
-	}
 	if s.Heal > 0 && now-f.full >= int64(s.Heal) {
 		d.Full = true
 		f.full = now
 	}
-	f.outstanding = s.Pong.Enabled()
-	f.sentAt = now
+	if s.Pong.Enabled() && (!s.Limited || d.Full) {
+		// This heartbeat can be answered: the previous such one was
+		// missed if nothing came since.
+		if f.sentAt > 0 {
+			s.countMiss(f, now, t.RouteAnswered, &d)
+		}
+		f.outstanding = true
+		f.sentAt = now
+	}
 	f.beats++
 	f.base = now
-	f.due = now + s.jitter(r)
+	f.due, f.dueIvl = now+s.jitter(r), s.Interval
 	d.Next = f.due
 	return d
 }

@@ -754,3 +754,71 @@ func BenchmarkScheduleTick100k(b *testing.B) {
 		b.Fatal("no heartbeats sent")
 	}
 }
+
+// TestScheduleLimitedCountsOnlyHealBeats: with TTL-limited heartbeats
+// (ttl=auto once a distance is learned) only the normal-TTL heal heartbeats
+// can be answered, so a silent upstream is noticed at heal beats only, and
+// limited beats in between never count as misses.
+func TestScheduleLimitedCountsOnlyHealBeats(t *testing.T) {
+	s := &Schedule{Interval: schedInterval, DeadAfter: 2, Pong: schedPong, Heal: 35 * time.Second, Limited: true}
+	var f Flow
+	now := schedT0
+	d := s.Tick(&f, now, Traffic{Outbound: now}, 0)
+	var full, died int
+	for range 40 {
+		now = d.Next
+		d = s.Tick(&f, now, Traffic{Outbound: schedT0, RouteAnswered: true}, 0)
+		if !d.Send {
+			t.Fatalf("no heartbeat at t0+%v", time.Duration(now-schedT0))
+		}
+		if d.Full {
+			full++
+		}
+		if d.Died {
+			died++
+			// Heal beats at 8 s spacing and a 35 s heal: the 1st answers
+			// nothing, the 2nd is one miss, the 3rd the second: dead.
+			if full != 3 {
+				t.Fatalf("died at heal beat %d, want the third", full)
+			}
+		}
+	}
+	if died != 1 || !f.Dead() {
+		t.Fatalf("died %d times (dead %v), want once", died, f.Dead())
+	}
+	// A limited beat with the reply outstanding from a heal beat keeps the RTT sample.
+	var g Flow
+	d = s.Tick(&g, schedT0, Traffic{Outbound: schedT0}, 0)
+	for !d.Full {
+		d = s.Tick(&g, d.Next, Traffic{Outbound: schedT0}, 0)
+	}
+	sent := d.Next - int64(8*time.Second)
+	d = s.Tick(&g, d.Next, Traffic{Outbound: schedT0}, 0)
+	if d.Full {
+		t.Fatal("the heartbeat after a heal one is full-TTL within the heal period")
+	}
+	at := d.Next - int64(time.Second)
+	if res := s.Reply(&g, at, false, TxID{}); !res.Counted || res.RTT != time.Duration(at-sent) {
+		t.Fatalf("reply to the heal beat: %+v, want counted with RTT %v from the heal beat", res, time.Duration(at-sent))
+	}
+}
+
+// TestScheduleIntervalChange: a learned interval that shrinks takes effect
+// at the next tick, not after the old wait.
+func TestScheduleIntervalChange(t *testing.T) {
+	s := &Schedule{Interval: 15 * time.Second}
+	var f Flow
+	d := s.Tick(&f, schedT0, Traffic{Outbound: schedT0}, 0)
+	if d.Next != schedAt(12*time.Second) {
+		t.Fatalf("first due t0+%v, want 12s", time.Duration(d.Next-schedT0))
+	}
+	s.Interval = 4 * time.Second
+	d = s.Tick(&f, schedAt(time.Second), Traffic{Outbound: schedT0}, 0)
+	if d.Send || d.Next != schedAt(3200*time.Millisecond) {
+		t.Fatalf("after the change: %+v, want due at t0+3.2s", d)
+	}
+	d = s.Tick(&f, schedAt(5*time.Second), Traffic{Outbound: schedT0}, 0)
+	if !d.Send {
+		t.Fatal("no heartbeat at the new interval")
+	}
+}

@@ -34,6 +34,7 @@ const (
 	stunAttrPadding                = 0x0026 // RFC 5780: ignored by design
 	stunAttrResponsePort           = 0x0027 // RFC 5780 section 7.5
 	stunAttrOtherAddress           = 0x802C // RFC 5780 section 7.4
+	stunAttrSoftware               = 0x8022
 	stunAttrChangedAddress         = 0x0005 // RFC 3489's name for the same
 	stunAttrUsername               = 0x0006
 	stunAttrUserhash               = 0x001E
@@ -108,21 +109,35 @@ func AppendBindingRequest(dst []byte, id TxID) []byte {
 	return stunAppendFingerprint(dst, dst[start:])
 }
 
-// AppendResponsePortRequest appends a Binding Request carrying
-// RESPONSE-PORT port (RFC 5780 section 7.5: answer to my address at this
-// port) and a FINGERPRINT to dst: the second half of a binding lifetime
-// probe. Port 0 means no RESPONSE-PORT, which is AppendBindingRequest. It
-// does not allocate when dst has room for 36 more bytes.
-func AppendResponsePortRequest(dst []byte, id TxID, port uint16) []byte {
-	if port == 0 {
-		return AppendBindingRequest(dst, id)
-	}
+// probeSoftware is the SOFTWARE attribute of path probes: a server's
+// operator (or a test) can tell them from heartbeats, which stay minimal.
+const probeSoftware = "natkeep path probe"
+
+// AppendProbeRequest appends a path probe's Binding Request to dst: a
+// SOFTWARE attribute naming it, RESPONSE-PORT port when port is not 0
+// (RFC 5780 section 7.5: answer to my address at this port; the second
+// half of a binding lifetime probe), and a FINGERPRINT. It does not
+// allocate when dst has room for 64 more bytes.
+func AppendProbeRequest(dst []byte, id TxID, port uint16) []byte {
 	start := len(dst)
-	dst = stunAppendHeader(dst, stunTypeBindingRequest, stunAttrHeaderLen+4+stunFingerprintLen, id)
-	dst = binary.BigEndian.AppendUint16(dst, stunAttrResponsePort)
-	dst = binary.BigEndian.AppendUint16(dst, 4)
-	dst = binary.BigEndian.AppendUint16(dst, port)
-	dst = append(dst, 0, 0) // RFC 5780: two bytes of padding, ignored
+	sw := stunAttrHeaderLen + (len(probeSoftware)+3)&^3
+	body := sw + stunFingerprintLen
+	if port != 0 {
+		body += stunAttrHeaderLen + 4
+	}
+	dst = stunAppendHeader(dst, stunTypeBindingRequest, body, id)
+	dst = binary.BigEndian.AppendUint16(dst, stunAttrSoftware)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(probeSoftware)))
+	dst = append(dst, probeSoftware...)
+	for (len(dst)-start)%4 != 0 {
+		dst = append(dst, 0)
+	}
+	if port != 0 {
+		dst = binary.BigEndian.AppendUint16(dst, stunAttrResponsePort)
+		dst = binary.BigEndian.AppendUint16(dst, 4)
+		dst = binary.BigEndian.AppendUint16(dst, port)
+		dst = append(dst, 0, 0) // RFC 5780: two bytes of padding, ignored
+	}
 	return stunAppendFingerprint(dst, dst[start:])
 }
 

@@ -16,7 +16,7 @@ func stunFuzzSeeds(tb testing.TB) [][]byte {
 		stunUnhex(tb, rfc5769IPv4Response),
 		stunUnhex(tb, rfc5769IPv6Response),
 		AppendBindingRequest(nil, id),
-		AppendResponsePortRequest(nil, id, 40000),
+		AppendProbeRequest(nil, id, 40000),
 		stunBuild(0x0101, id, false, xor4, stunAttr(0x802C, 0, 1, 0x0d, 0x96, 198, 51, 100, 8)),
 		AppendBindingSuccess(nil, id, netip.MustParseAddrPort("192.0.2.1:32853")),
 		AppendBindingSuccess(nil, id, netip.MustParseAddrPort("[2001:db8::1]:443")),
@@ -144,7 +144,7 @@ func FuzzReadBindingRequest(f *testing.F) {
 	})
 }
 
-// FuzzResponsePort: every RESPONSE-PORT request the prober can build
+// FuzzResponsePort: every probe request (RESPONSE-PORT or none) the prober can build
 // parses back with its port and fingerprint, and an answer to it carries
 // any OTHER-ADDRESS the server adds back unchanged.
 func FuzzResponsePort(f *testing.F) {
@@ -154,7 +154,7 @@ func FuzzResponsePort(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte, port uint16) {
 		var id TxID
 		copy(id[:], raw)
-		b := AppendResponsePortRequest(nil, id, port)
+		b := AppendProbeRequest(nil, id, port)
 		r, err := ReadBindingRequest(b, true)
 		if err != nil {
 			t.Fatalf("own request %x does not parse: %v", b, err)
@@ -162,8 +162,8 @@ func FuzzResponsePort(f *testing.F) {
 		if r.ID != id || r.ResponsePort != port || !r.Fingerprint || r.NUnknown != 0 || r.Credentials {
 			t.Fatalf("request for port %d parsed as %+v", port, r)
 		}
-		if port == 0 && len(b) != 28 {
-			t.Fatalf("port 0 request is %d bytes, want a plain 28-byte request", len(b))
+		if want := 52 + map[bool]int{true: 8}[port != 0]; len(b) != want {
+			t.Fatalf("probe request is %d bytes, want %d", len(b), want)
 		}
 		other := netip.AddrPortFrom(netip.AddrFrom4([4]byte{raw0(raw), 51, 100, 8}), port)
 		resp := stunBuild(0x0101, id, true, stunAttr(0x802C, 0, 1, byte(port>>8), byte(port), raw0(raw), 51, 100, 8))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 
 	"github.com/natkeep/natkeep/keepalive"
 	"github.com/natkeep/natkeep/sockopt"
@@ -16,21 +17,50 @@ import (
 // flowOpts are the options a flow runs with, plus what is derived from them once.
 type flowOpts struct {
 	UDPOptions
-	ttlOOB4, ttlOOB6 []byte // per-heartbeat TTL control messages
+	ttl  atomic.Pointer[ttlControl] // the heartbeat TTL in force; nil = the normal TTL
+	path *pathLearner               // interval=auto: the learned interval (and ttl=auto's TTL); nil otherwise
+}
+
+// ttlControl is a heartbeat TTL and its per-datagram control messages.
+type ttlControl struct {
+	ttl        int
+	oob4, oob6 []byte
+}
+
+func newTTLControl(ttl int) (*ttlControl, error) {
+	c := &ttlControl{ttl: ttl}
+	var err error
+	if c.oob4, err = sockopt.TTLControl(false, ttl); err != nil {
+		return nil, fmt.Errorf("heartbeat ttl: %w", err)
+	}
+	if c.oob6, err = sockopt.TTLControl(true, ttl); err != nil {
+		return nil, fmt.Errorf("heartbeat ttl: %w", err)
+	}
+	return c, nil
 }
 
 func newFlowOpts(o UDPOptions) (*flowOpts, error) {
 	fo := &flowOpts{UDPOptions: o}
 	if o.TTL > 0 {
-		var err error
-		if fo.ttlOOB4, err = sockopt.TTLControl(false, o.TTL); err != nil {
-			return nil, fmt.Errorf("heartbeat ttl: %w", err)
+		c, err := newTTLControl(o.TTL)
+		if err != nil {
+			return nil, err
 		}
-		if fo.ttlOOB6, err = sockopt.TTLControl(true, o.TTL); err != nil {
-			return nil, fmt.Errorf("heartbeat ttl: %w", err)
-		}
+		fo.ttl.Store(c)
 	}
 	return fo, nil
+}
+
+// schedule returns the heartbeat schedule in force: the configured one,
+// with a learned interval, and TTL-limited beats (whose replies never come)
+// marked as such.
+func (o *flowOpts) schedule() keepalive.Schedule {
+	s := o.Heartbeat
+	if o.path != nil {
+		s.Interval = o.path.interval()
+	}
+	s.Limited = o.ttl.Load() != nil
+	return s
 }
 
 // sendHeartbeat sends one heartbeat on the flow's upstream socket, with the
@@ -52,7 +82,7 @@ func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID, full bool) {
 		return
 	}
 	u.st.heartbeats.Inc()
-	if full && f.opt.ttlOOB4 != nil {
+	if full && f.opt.ttl.Load() != nil {
 		u.st.heals.Inc()
 	}
 }
@@ -71,11 +101,12 @@ func (o *flowOpts) write(c *net.UDPConn, b []byte, limited bool) error {
 
 // ttlOOB returns the TTL control message for c's address family, or nil.
 func (o *flowOpts) ttlOOB(c *net.UDPConn) []byte {
-	if o.ttlOOB4 == nil {
+	t := o.ttl.Load()
+	if t == nil {
 		return nil
 	}
 	if ra, ok := c.RemoteAddr().(*net.UDPAddr); ok && ra.IP.To4() == nil {
-		return o.ttlOOB6
+		return t.oob6
 	}
-	return o.ttlOOB4
+	return t.oob4
 }

@@ -149,6 +149,9 @@ func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 	if changed {
 		u.st.mapChanges.Inc()
 		u.events.mapped.emit("client", f.key.client, "old_public", old, "new_public", cur)
+		if f.opt.path != nil {
+			f.opt.path.evidence() // the mapping was lost: the interval in force may be too long
+		}
 	}
 	return true
 }

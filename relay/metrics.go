@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"github.com/natkeep/natkeep/keepalive"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -37,6 +38,13 @@ type Metrics struct {
 	dialSeconds     *prometheus.HistogramVec
 	listenerUp      *prometheus.GaugeVec
 	resolveFailures *prometheus.CounterVec
+	hbInterval      *prometheus.GaugeVec
+	pathLifetime    *prometheus.GaugeVec
+	pathHops        *prometheus.GaugeVec
+	pathState       *prometheus.GaugeVec
+	pathProbes      *prometheus.CounterVec
+	pathRelearns    *prometheus.CounterVec
+	pathDatagrams   *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -80,6 +88,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		dialSeconds:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "natkeep", Name: "tcp_dial_seconds", Help: "Upstream TCP connect latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, route),
 		listenerUp:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "natkeep", Name: "listener_up", Help: "1 while the route's listener is bound."}, both),
 		resolveFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "natkeep", Name: "resolve_failures_total", Help: "Failed DNS resolutions of the upstream name."}, both),
+		hbInterval:      gv("udp_heartbeat_interval_seconds", "The heartbeat interval in force: as configured, or learned (interval=auto); 0 = heartbeats off."),
+		pathLifetime:    gv("udp_path_binding_lifetime_seconds", "interval=auto: the longest silence a probe mapping was seen to survive at the last learning; 0 = not learned."),
+		pathHops:        gv("udp_path_nat_hops", "ttl=auto: the learned NAT distance, the TTL of the route's heartbeats; 0 = not learned (normal TTL)."),
+		pathState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "natkeep", Name: "udp_path_state",
+			Help: "interval=auto: 1 for the route's path-learning state (learning, learned, no_stun: the upstream never answered STUN, no_response_port: it ignores RESPONSE-PORT), 0 for the others."}, []string{"route", "state"}),
+		pathProbes:    cv("udp_path_probes_total", "Path probes finished, by kind (lifetime, hops, verify) and result (survived, expired, lost).", "kind", "result"),
+		pathRelearns:  cv("udp_path_learnings_total", "Path learnings started, by reason (start, periodic, mapping_changed, verify_failed, retry).", "reason"),
+		pathDatagrams: cv("udp_path_probe_datagrams_total", "Datagrams of path probes, by direction (sent, received): what learning costs.", "direction"),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
@@ -88,6 +104,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.notAnswering, m.heals, m.echoes, m.reconnects, m.rebinds,
 			m.mappingChanges, m.stunAnswered, m.stunErrors, m.connsActive, m.connsTotal, m.connEnds, m.tcpBytes,
 			m.dialSeconds, m.listenerUp, m.resolveFailures,
+			m.hbInterval, m.pathLifetime, m.pathHops, m.pathState, m.pathProbes, m.pathRelearns, m.pathDatagrams,
 		} {
 			reg.MustRegister(c)
 		}
@@ -126,6 +143,30 @@ type udpStats struct {
 	notAnswering                             prometheus.Gauge
 	listenerUp                               prometheus.Gauge
 	resolveFailures                          prometheus.Counter
+	interval                                 prometheus.Gauge
+}
+
+// path resolves a route's path-learning collectors (interval=auto routes only).
+func (m *Metrics) path(route string, interval prometheus.Gauge) *pathStats {
+	l := prometheus.Labels{"route": route}
+	s := &pathStats{
+		route: route, lifetime: m.pathLifetime.With(l), hops: m.pathHops.With(l), interval: interval,
+		phases: map[keepalive.PathPhase]prometheus.Gauge{}, probes: m.pathProbes, relearnVec: m.pathRelearns,
+		sent: m.pathDatagrams.WithLabelValues(route, "sent"), received: m.pathDatagrams.WithLabelValues(route, "received"),
+	}
+	for _, p := range keepalive.PathPhases {
+		s.phases[p] = m.pathState.WithLabelValues(route, p.String())
+	}
+	// Every series exists from the start, so a rate() over them works at once.
+	for _, kind := range []string{"lifetime", "hops", "verify"} {
+		for _, result := range []string{"survived", "expired", "lost"} {
+			m.pathProbes.WithLabelValues(route, kind, result)
+		}
+	}
+	for _, r := range []string{keepalive.RelearnStart, keepalive.RelearnPeriodic, keepalive.RelearnMappingChanged, keepalive.RelearnVerifyFailed, keepalive.RelearnRetry} {
+		m.pathRelearns.WithLabelValues(route, r)
+	}
+	return s
 }
 
 func (m *Metrics) udp(route string) *udpStats {
@@ -146,6 +187,7 @@ func (m *Metrics) udp(route string) *udpStats {
 		heals: m.heals.With(l), echoes: m.echoes.With(l), reconnects: m.reconnects.With(l),
 		mapChanges: m.mappingChanges.With(l), stunOK: m.stunAnswered.With(l), stunErrors: m.stunErrors.With(l),
 		listenerUp: m.listenerUp.With(lp), resolveFailures: m.resolveFailures.With(lp),
+		interval: m.hbInterval.With(l),
 	}
 	for _, r := range refuseReasons {
 		st.refused[r] = m.flowsRefused.WithLabelValues(route, r)

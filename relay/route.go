@@ -90,6 +90,10 @@ type UDPOptions struct {
 	UnansweredTimeout time.Duration
 	MaxFlows          int
 	MaxFlowsPerSource int // flows one client address may hold; 0 = no quota (fairness still applies when the route is full)
+	// Path turns on path learning (interval=auto, ttl=auto); with
+	// AutoInterval, Heartbeat.Interval is ignored and Path.Fallback is in
+	// force until a lifetime is learned.
+	Path PathOptions
 }
 
 // TCPOptions tune a TCP route.

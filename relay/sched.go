@@ -43,6 +43,21 @@ func (s *scheduler) add(f *flow, now int64) {
 	}
 }
 
+// wakeAll services every queued flow at now (a learned interval got
+// shorter: flows must not wait out the old one).
+func (s *scheduler) wakeAll(now int64) {
+	s.mu.Lock()
+	for _, f := range s.h {
+		f.wake = min(f.wake, now)
+	}
+	heap.Init(&s.h)
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (s *scheduler) stop() { s.once.Do(func() { close(s.done) }) }
 
 // run services due flows until ctx ends or stop is called. service returns

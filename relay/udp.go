@@ -147,6 +147,10 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	if u.readers, err = newFlowReaders(log, u.upstreamError); err != nil {
 		return nil, err
 	}
+	u.st.interval.Set(u.def.opts.Heartbeat.Interval.Seconds())
+	if r.UDP.Path.AutoInterval && r.UDP.Role == RoleClient && !r.Transparent {
+		u.def.opts.path = newPathLearner(u, r.UDP.Path, m.path(r.Name, u.st.interval))
+	}
 	return u, nil
 }
 
@@ -177,6 +181,10 @@ func (u *udpRoute) listen(ctx context.Context) error {
 func (u *udpRoute) start() {
 	_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
 	u.wg.Add(4)
+	if l := u.def.opts.path; l != nil {
+		u.wg.Add(1)
+		go func() { defer u.wg.Done(); l.run(u.ctx) }()
+	}
 	go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
 	go func() { defer u.wg.Done(); u.flushEvents() }()
 	if u.route.Transparent {
@@ -385,7 +393,8 @@ func (u *udpRoute) service(f *flow, now int64) int64 {
 		u.expire(f)
 		return 0
 	}
-	hb := &f.opt.Heartbeat
+	sched := f.opt.schedule()
+	hb := &sched
 	if !hb.Enabled() {
 		return expiry
 	}

@@ -304,3 +304,25 @@ func TestInterceptCLIUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeBadArguments: natkeep probe exits 2 with the usage on bad
+// arguments, before sending anything.
+func TestProbeBadArguments(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		frag string
+	}{
+		{nil, "want one HOST:PORT, got 0"},
+		{[]string{"a:1", "b:2"}, "want one HOST:PORT, got 2"},
+		{[]string{"--frobnicate", "127.0.0.1:3478"}, "flag provided but not defined"},
+		{[]string{"127.0.0.1"}, "missing port"},
+		{[]string{"127.0.0.1:0"}, "bad port"},
+		{[]string{"127.0.0.1:99999"}, "bad port"},
+		{[]string{"--max-lifetime", "1s", "127.0.0.1:3478"}, "want at least 4s"},
+	} {
+		code, out, errOut := cliRun(t, nil, append([]string{"probe"}, c.args...)...)
+		if code != 2 || out != "" || !strings.Contains(errOut, c.frag) || !strings.Contains(errOut, "usage: natkeep probe") {
+			t.Errorf("probe %q: exit %d, stdout %q, stderr %q; want 2 and %q with the usage", c.args, code, out, errOut, c.frag)
+		}
+	}
+}

@@ -73,9 +73,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		return demo.Run(args[1:], stdout, stderr)
 	case "check":
 		return check(args[1:], env, stdout, stderr)
+	case "probe":
+		return probe(args[1:], stdout, stderr)
 	case "":
 	default:
-		fmt.Fprintf(stderr, "natkeep: unknown command %q (want help, version, check, demo, healthcheck or intercept; natkeep runs with no arguments)\n", cmd)
+		fmt.Fprintf(stderr, "natkeep: unknown command %q (want help, version, check, probe, demo, healthcheck or intercept; natkeep runs with no arguments)\n", cmd)
 		return 2
 	}
 

@@ -40,9 +40,11 @@ const (
 type envConfig struct {
 	Routes string `env:"ROUTES" help:"comma-separated routes PROTO://LISTEN/UPSTREAM[?key=value&...] (required unless NATKEEP_INTERCEPT is set)"`
 
-	HeartbeatInterval time.Duration `env:"UDP_HEARTBEAT_INTERVAL" envDefault:"20s" help:"send a heartbeat after this much outbound silence on a flow, then every interval, jittered to 80-100%; 0 turns heartbeats off"`
+	HeartbeatInterval string        `env:"UDP_HEARTBEAT_INTERVAL" envDefault:"20s" help:"send a heartbeat after this much outbound silence on a flow, then every interval, jittered to 80-100%; 0 turns heartbeats off; auto learns the NAT's binding lifetime through a STUN upstream that honours RESPONSE-PORT (a natkeep responder) and heartbeats just under it"`
+	HeartbeatFallback time.Duration `env:"UDP_HEARTBEAT_INTERVAL_FALLBACK" envDefault:"15s" help:"interval=auto: the interval while nothing is learned (and if the upstream cannot be probed)"`
+	PathRelearn       time.Duration `env:"UDP_PATH_RELEARN" envDefault:"1h" help:"interval=auto: learn the path again this long after the last success (at once when a flow's mapping is lost); 0 = never"`
 	HeartbeatPayload  string        `env:"UDP_HEARTBEAT_PAYLOAD" envDefault:"empty" help:"empty, nat-t (0xFF), crlf, stun, hex:<bytes> or text:<string>"`
-	HeartbeatTTL      int           `env:"UDP_HEARTBEAT_TTL" envDefault:"0" help:"IP TTL / hop limit of heartbeats only (1..255); a NAT within N hops is refreshed and the server never sees them; 0 = off"`
+	HeartbeatTTL      string        `env:"UDP_HEARTBEAT_TTL" envDefault:"0" help:"IP TTL / hop limit of heartbeats only (1..255); a NAT within N hops is refreshed and the server never sees them; 0 = off; auto (with interval=auto and payload=stun) learns the NAT's distance"`
 	HeartbeatReply    string        `env:"UDP_HEARTBEAT_REPLY" help:"what counts as a pong (consumed, never passed to the app): none, stun, hex:<bytes>, text:<string>; default stun for payload stun, else none"`
 	HeartbeatTTLHeal  time.Duration `env:"UDP_HEARTBEAT_TTL_HEAL" envDefault:"5m" help:"with a heartbeat TTL: send one heartbeat at the normal TTL at least this often, so a mapping lost to a NAT restart comes back without app traffic (the server then sees one heartbeat per period); 0 = never"`
 	DeadAfter         int           `env:"UDP_DEAD_AFTER" envDefault:"3" help:"heartbeat intervals in a row with nothing at all from the upstream that declare the peer dead (only with a reply)"`
@@ -164,12 +166,18 @@ func adminAddr(environ map[string]string) (string, error) {
 // route, naming the variable, before any route overrides them.
 func loadDefaults(ec envConfig, host machine.Facts) (routeSettings, error) {
 	defs := routeSettings{
-		interval: ec.HeartbeatInterval, payload: ec.HeartbeatPayload, ttl: ec.HeartbeatTTL,
+		fallback: ec.HeartbeatFallback, relearn: ec.PathRelearn, payload: ec.HeartbeatPayload,
 		reply: ec.HeartbeatReply, deadAfter: ec.DeadAfter, idleTimeout: ec.FlowIdleTimeout,
 		ttlHeal: ec.HeartbeatTTLHeal, onDead: ec.OnDead, stunStrict: ec.STUNStrict,
 		role: string(relay.RoleClient), unanswered: ec.UnansweredTimeout, perSource: ec.MaxFlowsPerSource, answerRate: ec.AnswerRate,
 		kaIdle: ec.KeepaliveIdle, kaInterval: ec.KeepaliveInterval, kaCount: ec.KeepaliveCount,
 		userTimeout: ec.UserTimeout, connectTimeout: ec.ConnectTimeout, connIdle: ec.ConnIdleTimeout, host: host,
+	}
+	if err := setInterval(&defs, ec.HeartbeatInterval); err != nil {
+		return defs, errorf("%s=%q: %v", envKey("HeartbeatInterval"), ec.HeartbeatInterval, err)
+	}
+	if err := setTTL(&defs, ec.HeartbeatTTL); err != nil {
+		return defs, errorf("%s=%q: %v", envKey("HeartbeatTTL"), ec.HeartbeatTTL, err)
 	}
 	if err := queryKeys["max_flows"].set(&defs, ec.MaxFlows); err != nil {
 		return defs, errorf("%s=%q: %v", envKey("MaxFlows"), ec.MaxFlows, err)

@@ -418,12 +418,12 @@ func TestConfigGlobalErrors(t *testing.T) {
 		{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "-1s", nil, []string{`NATKEEP_UDP_HEARTBEAT_INTERVAL="-1s"`, "must be 0 (off) or at least 100ms"}},
 		{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "bogus", nil, []string{`NATKEEP_UDP_HEARTBEAT_PAYLOAD="bogus"`, "unknown kind"}},
 		{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "hex:zz", nil, []string{`NATKEEP_UDP_HEARTBEAT_PAYLOAD="hex:zz"`, "bad hex"}},
-		{"NATKEEP_UDP_HEARTBEAT_TTL", "300", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255`}},
+		{"NATKEEP_UDP_HEARTBEAT_TTL", "300", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off), 1..255 or auto`}},
 		{"NATKEEP_UDP_ON_DEAD", "reboot", nil, []string{`NATKEEP_UDP_ON_DEAD="reboot": want keep or rebind`}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL_HEAL", "-5m0s", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL_HEAL="-5m0s": must be 0 (never) or at least 100ms`}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL_HEAL", "x", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL_HEAL="x"`, "not a valid duration"}},
 		{"NATKEEP_UDP_STUN_STRICT", "maybe", nil, []string{`NATKEEP_UDP_STUN_STRICT="maybe"`}},
-		{"NATKEEP_UDP_HEARTBEAT_TTL", "-1", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="-1": must be 0 (off) or 1..255`}},
+		{"NATKEEP_UDP_HEARTBEAT_TTL", "-1", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="-1": must be 0 (off), 1..255 or auto`}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL", "x", nil, []string{`NATKEEP_UDP_HEARTBEAT_TTL="x"`, "not a valid whole number"}},
 		{"NATKEEP_UDP_HEARTBEAT_TTL", "2", []string{"NATKEEP_UDP_HEARTBEAT_PAYLOAD", "stun"}, []string{`NATKEEP_UDP_HEARTBEAT_TTL="2"`, "reply stun can never arrive"}},
 		{"NATKEEP_UDP_HEARTBEAT_REPLY", "stun", nil, []string{`NATKEEP_UDP_HEARTBEAT_REPLY="stun"`, "reply stun needs payload stun"}},
@@ -613,7 +613,7 @@ func TestConfigRouteErrors(t *testing.T) {
 		{"0.0.0.0 vs [::]", "udp://0.0.0.0:5000/a:1,udp://[::]:5000/b:1", 2, "udp://[::]:5000/b:1", []string{"already used by entry 1"}},
 		{"same port spelled differently", "udp://:5000/a:1,udp://:05000/b:1", 2, "udp://:05000/b:1", []string{"already used by entry 1"}},
 		{"ipv4-mapped ipv6 vs ipv4", "udp://127.0.0.1:5000/a:1,udp://[::ffff:127.0.0.1]:5000/b:1", 2, "udp://[::ffff:127.0.0.1]:5000/b:1", []string{"already used by entry 1"}},
-		{"unknown key", "udp://:5000/x:1?foo=1", 1, "udp://:5000/x:1?foo=1", []string{`unknown key "foo"`, "known: answer_rate, conn_idle_timeout, connect_timeout, dead_after, idle_timeout, interval, keepalive_count"}},
+		{"unknown key", "udp://:5000/x:1?foo=1", 1, "udp://:5000/x:1?foo=1", []string{`unknown key "foo"`, "known: answer_rate, conn_idle_timeout, connect_timeout, dead_after, idle_timeout, interval, interval_fallback, keepalive_count"}},
 		{"key case matters", "udp://:5000/x:1?TTL=1", 1, "udp://:5000/x:1?TTL=1", []string{`unknown key "TTL"`}},
 		{"bad query escape", "udp://:5000/x:1?payload=text:%zz", 1, "udp://:5000/x:1?payload=text:%zz", []string{`query "payload=text:%zz"`, "invalid URL escape"}},
 		{"semicolon in query", "udp://:5000/x:1?ttl=1;ttl=2", 1, "udp://:5000/x:1?ttl=1;ttl=2", []string{"ttl=1;ttl=2: not a valid whole number"}},
@@ -654,7 +654,7 @@ func TestConfigRouteErrorExample(t *testing.T) {
 		t.Errorf("got %v, want %s", err, want)
 	}
 	_, err = Load(cfgEnv(cfgUDPRoute, "NATKEEP_UDP_HEARTBEAT_TTL", "300"), machine.Facts{})
-	const want2 = `NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255`
+	const want2 = `NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off), 1..255 or auto`
 	if err == nil || err.Error() != want2 {
 		t.Errorf("got %v, want %s", err, want2)
 	}
@@ -832,14 +832,14 @@ func TestConfigRouteOverrideErrors(t *testing.T) {
 		{"udp://:1/x:1?reply=bogus", nil, []string{"reply=bogus", "unknown kind", "want none, stun, hex:<bytes> or text:<string>"}},
 		{"udp://:1/x:1?reply=hex:", nil, []string{"reply=hex:", "needs at least one byte"}},
 		{"udp://:1/x:1?payload=stun", []string{"NATKEEP_UDP_HEARTBEAT_REPLY", "text:pong", "NATKEEP_UDP_HEARTBEAT_PAYLOAD", "crlf"}, []string{"reply=text:pong", "matched by transaction ID"}},
-		{"udp://:1/x:1?ttl=256", nil, []string{"ttl=256: must be 0 (off) or 1..255"}},
+		{"udp://:1/x:1?ttl=256", nil, []string{"ttl=256: must be 0 (off), 1..255 or auto"}},
 		{"udp://:1/x:1?on_dead=restart", nil, []string{"on_dead=restart: want keep or rebind"}},
 		{"udp://:1/x:1?on_dead=", nil, []string{"on_dead=: want keep or rebind"}},
 		{"udp://:1/x:1?ttl=2&ttl_heal=-1s", nil, []string{"ttl_heal=-1s: must be 0 (never) or at least 100ms"}},
 		{"udp://:1/x:1?ttl=2&ttl_heal=10ms", nil, []string{"ttl_heal=10ms: must be 0 (never) or at least 100ms"}},
 		{"udp://:1/x:1?ttl_heal=soon", nil, []string{"ttl_heal=soon: not a valid duration"}},
 		{"udp://:1/x:1?role=responder&stun_strict=yes please", nil, []string{"stun_strict=yes please: want true or false"}},
-		{"udp://:1/x:1?ttl=-1", nil, []string{"ttl=-1: must be 0 (off) or 1..255"}},
+		{"udp://:1/x:1?ttl=-1", nil, []string{"ttl=-1: must be 0 (off), 1..255 or auto"}},
 		{"udp://:1/x:1?ttl=one", nil, []string{"ttl=one: not a valid whole number"}},
 		{"udp://:1/x:1?ttl=2&payload=stun", nil, []string{"ttl=2", "a TTL-limited heartbeat never reaches the server", "reply stun"}},
 		{"udp://:1/x:1?ttl=2&payload=crlf&reply=text:pong", nil, []string{"ttl=2", "reply text:pong can never arrive"}},
@@ -950,4 +950,48 @@ func TestConfigPlusStaysPlus(t *testing.T) {
 	if got := string(c.Relay.Routes[0].UDP.Payload.Bytes); got != "a+b,c" {
 		t.Fatalf("payload %q, want %q", got, "a+b,c")
 	}
+}
+
+// TestConfigPathLearning: interval=auto and ttl=auto, from the variables and
+// from route keys, with what they need and what they refuse.
+func TestConfigPathLearning(t *testing.T) {
+	r := cfgOneRoute(t, cfgEnv("udp://:5000/x:1?interval=auto&payload=stun&ttl=auto&relearn=10m&interval_fallback=5s"))
+	p := r.UDP.Path
+	if !p.AutoInterval || !p.AutoTTL || p.Fallback != 5*time.Second || p.Relearn != 10*time.Minute {
+		t.Fatalf("path options %+v", p)
+	}
+	if r.UDP.Heartbeat.Interval != 5*time.Second || r.UDP.TTL != 0 {
+		t.Fatalf("interval %v ttl %d before learning, want the 5s fallback and the normal TTL", r.UDP.Heartbeat.Interval, r.UDP.TTL)
+	}
+	g := cfgOneRoute(t, cfgEnv("udp://:5000/x:1", "NATKEEP_UDP_HEARTBEAT_INTERVAL", "auto"))
+	if !g.UDP.Path.AutoInterval || g.UDP.Path.AutoTTL || g.UDP.Path.Fallback != 15*time.Second || g.UDP.Path.Relearn != time.Hour {
+		t.Fatalf("defaults with NATKEEP_UDP_HEARTBEAT_INTERVAL=auto: %+v", g.UDP.Path)
+	}
+	// A route can turn it off again.
+	if o := cfgOneRoute(t, cfgEnv("udp://:5000/x:1?interval=5s", "NATKEEP_UDP_HEARTBEAT_INTERVAL", "auto")); o.UDP.Path.AutoInterval || o.UDP.Heartbeat.Interval != 5*time.Second {
+		t.Fatalf("interval=5s over a global auto: %+v %v", o.UDP.Path, o.UDP.Heartbeat.Interval)
+	}
+	// A responder sends no heartbeats: nothing to learn.
+	if o := cfgOneRoute(t, cfgEnv("udp://:5000/x:1?role=responder&interval=auto")); o.UDP.Path.AutoInterval {
+		t.Fatal("a responder route learns a path")
+	}
+	for _, c := range []struct {
+		routes string
+		kv     []string
+		frags  []string
+	}{
+		{"udp://:5000/x:1?ttl=auto&payload=stun", nil, []string{"ttl=auto", "needs interval=auto"}},
+		{"udp://:5000/x:1?ttl=auto&interval=auto", nil, []string{"ttl=auto", "needs payload=stun"}},
+		{"udp://:5000/x:1?interval=auto&interval_fallback=500ms", nil, []string{"interval_fallback=500ms", "at least 1s"}},
+		{"udp://:5000/x:1?interval=auto&relearn=10s", nil, []string{"relearn=10s", "at least 1m0s"}},
+		{"udp://:5000/x:1?interval=soon", nil, []string{"interval=soon", "or auto"}},
+		{"udp://:5000/x:1?ttl=many", nil, []string{"ttl=many", "(or auto)"}},
+		{"udp://:5000/x:1", []string{"NATKEEP_UDP_HEARTBEAT_INTERVAL", "often"}, []string{`NATKEEP_UDP_HEARTBEAT_INTERVAL="often"`, "or auto"}},
+		{"", []string{"NATKEEP_INTERCEPT", "udp:53?interval=auto"}, []string{"interval=auto", "transparent mode"}},
+		{"", []string{"NATKEEP_INTERCEPT", "udp:53", "NATKEEP_UDP_HEARTBEAT_INTERVAL", "auto"}, []string{"interval=auto", "transparent mode"}},
+	} {
+		cfgWantErr(t, cfgEnv(c.routes, c.kv...), c.frags...)
+	}
+	// A fixed TTL still refuses a reply matcher; ttl=auto (above) does not.
+	cfgWantErr(t, cfgEnv("udp://:5000/x:1?ttl=2&payload=stun"), "ttl=2", "never reaches the server")
 }

@@ -20,6 +20,10 @@ Usage:
   natkeep healthcheck   exit 0 if /readyz on NATKEEP_ADMIN_ADDR answers 200, else 1
   natkeep check [--json] validate the environment as start-up does, print every error or the
                         effective configuration (each option and where it came from); exit 0 or 2
+  natkeep probe [--json] [--max-lifetime D] [--no-hops] HOST:PORT
+                        measure the path to a STUN server or natkeep responder once: mapped
+                        address, mapping behaviour, NAT binding lifetime and distance, and the
+                        settings they call for; exit 0, 1 if it never answered STUN, 2 on bad usage
   natkeep demo          show what natkeep does, in process, in about ten seconds
 
 Routes (NATKEEP_ROUTES, comma-separated):
@@ -29,7 +33,7 @@ Routes (NATKEEP_ROUTES, comma-separated):
   LISTEN is host:port with an IP or empty host (:5000 = all addresses, [::1]:5000 for IPv6);
   UPSTREAM may be a DNS name, re-resolved every NATKEEP_RESOLVE_INTERVAL.
   Per-route keys override the variables below:
-    udp: interval payload ttl ttl_heal reply dead_after on_dead idle_timeout unanswered_timeout max_flows max_flows_per_source role (client|responder) stun_strict answer_rate
+    udp: interval interval_fallback relearn payload ttl ttl_heal reply dead_after on_dead idle_timeout unanswered_timeout max_flows max_flows_per_source role (client|responder) stun_strict answer_rate
     tcp: keepalive_idle keepalive_interval keepalive_count user_timeout connect_timeout max_conns conn_idle_timeout
   Percent-encode commas and ampersands inside values (text:a%2Cb).
 

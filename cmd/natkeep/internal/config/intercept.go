@@ -107,7 +107,11 @@ func (c *Intercept) settings(i int, defs routeSettings) (routeSettings, error) {
 // udpOptions is the relay configuration of udp rule i: the global defaults
 // with the entry's overrides, validated; errors name the entry.
 func (c *Intercept) udpOptions(i int, defs routeSettings) (relay.UDPOptions, error) {
-	return ruleOptions(c, i, defs, routeSettings.udp)
+	o, err := ruleOptions(c, i, defs, routeSettings.udp)
+	if err == nil && (o.Path.AutoInterval || o.Path.AutoTTL) {
+		return o, c.fail(i, &settingError{"interval", "HeartbeatInterval", "auto", errTransparentAuto})
+	}
+	return o, err
 }
 
 // tcpOptions is udpOptions for a tcp rule.
@@ -160,6 +164,9 @@ func interceptRoutes(ic *Intercept, defs routeSettings) ([]relay.Route, error) {
 		var err error
 		if r.UDP, err = defs.udp(); err != nil {
 			return nil, globalError(err)
+		}
+		if p.proto == relay.UDP && r.UDP.Path.AutoInterval {
+			return nil, globalError(&settingError{"interval", "HeartbeatInterval", "auto", errTransparentAuto})
 		}
 		if r.TCP, err = defs.tcp(); err != nil {
 			return nil, globalError(err)

@@ -209,7 +209,7 @@ func TestInterceptConfigErrors(t *testing.T) {
 		{"role", []string{"NATKEEP_INTERCEPT", "udp:1?role=responder"}, entry(1, "udp:1?role=responder", `key "role" does not apply to intercepted traffic (natkeep is always the client side here)`)},
 		{"no value", []string{"NATKEEP_INTERCEPT", "udp:1?ttl"}, entry(1, "udp:1?ttl", `key "ttl" has no value (want ttl=VALUE)`)},
 		{"key twice", []string{"NATKEEP_INTERCEPT", "udp:1?ttl=1&ttl=2"}, entry(1, "udp:1?ttl=1&ttl=2", `key "ttl" given more than once`)},
-		{"bad duration", []string{"NATKEEP_INTERCEPT", "udp:1?interval=soon"}, entry(1, "udp:1?interval=soon", "interval=soon: not a valid duration (e.g. 20s, 1m30s)")},
+		{"bad duration", []string{"NATKEEP_INTERCEPT", "udp:1?interval=soon"}, entry(1, "udp:1?interval=soon", "interval=soon: not a valid duration (e.g. 20s, 1m30s) or auto")},
 		{"bad escape", []string{"NATKEEP_INTERCEPT", "udp:1?payload=text:%zz"}, entry(1, "udp:1?payload=text:%zz", `query "payload=text:%zz": invalid URL escape "%zz"`)},
 
 		{"tcp port 0", []string{"NATKEEP_INTERCEPT_TCP_PORT", "0"}, "NATKEEP_INTERCEPT_TCP_PORT=0: out of range 1..65535"},
@@ -289,7 +289,7 @@ func TestInterceptConfigOverrides(t *testing.T) {
 	}
 	// Values are checked against the defaults when options are built, and
 	// the error names the entry.
-	if _, err := c.udpOptions(3, icptDefaults()); err == nil || err.Error() != `NATKEEP_INTERCEPT entry 4 "udp:5062?ttl=300": ttl=300: must be 0 (off) or 1..255` {
+	if _, err := c.udpOptions(3, icptDefaults()); err == nil || err.Error() != `NATKEEP_INTERCEPT entry 4 "udp:5062?ttl=300": ttl=300: must be 0 (off), 1..255 or auto` {
 		t.Errorf("ttl=300: %v", err)
 	}
 	if _, err := c.tcpOptions(4, icptDefaults()); err == nil || !strings.HasPrefix(err.Error(), `NATKEEP_INTERCEPT entry 5 "tcp:1?user_timeout=1us": user_timeout=1us: `) {

@@ -186,11 +186,11 @@ func TestREADMEInterceptVariables(t *testing.T) {
 	compareVars(t, vars, codeVars(reflect.TypeFor[interceptEnv]()))
 }
 
-// gatherRelay is what a relay with one UDP and one TCP route exports,
+// gatherRelay is what a relay with a UDP, a TCP and an interval=auto route exports,
 // registered the way main registers it.
 func gatherRelay(t *testing.T) map[string][]map[string]string {
 	t.Helper()
-	cfg := cfgLoad(t, cfgEnv("udp://127.0.0.1:1/127.0.0.1:2,tcp://127.0.0.1:3/127.0.0.1:4"))
+	cfg := cfgLoad(t, cfgEnv("udp://127.0.0.1:1/127.0.0.1:2,tcp://127.0.0.1:3/127.0.0.1:4,udp://127.0.0.1:5/127.0.0.1:6?interval=auto"))
 	reg := prometheus.NewRegistry()
 	r, err := relay.New(cfg.Relay, nil, relay.NewMetrics(reg))
 	if err != nil {

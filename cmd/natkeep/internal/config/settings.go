@@ -35,8 +35,11 @@ func globalError(err error) error {
 // routeSettings are the tunables a route may override with query keys.
 type routeSettings struct {
 	interval       time.Duration
+	intervalAuto   bool // interval=auto: learn it (path learning)
+	fallback       time.Duration
+	relearn        time.Duration
 	payload        string
-	ttl            int
+	ttl            int // autoLimit: ttl=auto
 	reply          string
 	deadAfter      int
 	ttlHeal        time.Duration
@@ -131,9 +134,11 @@ func stringSetter(dst func(*routeSettings) *string) func(*routeSettings, string)
 
 // queryKeys are the per-route overrides; each names the variable it overrides.
 var queryKeys = map[string]queryKey{
-	"interval":             {"HeartbeatInterval", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.interval })},
+	"interval":             {"HeartbeatInterval", relay.UDP, setInterval},
+	"interval_fallback":    {"HeartbeatFallback", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.fallback })},
+	"relearn":              {"PathRelearn", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.relearn })},
 	"payload":              {"HeartbeatPayload", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.payload })},
-	"ttl":                  {"HeartbeatTTL", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.ttl })},
+	"ttl":                  {"HeartbeatTTL", relay.UDP, setTTL},
 	"reply":                {"HeartbeatReply", relay.UDP, stringSetter(func(s *routeSettings) *string { return &s.reply })},
 	"dead_after":           {"DeadAfter", relay.UDP, intSetter(func(s *routeSettings) *int { return &s.deadAfter })},
 	"ttl_heal":             {"HeartbeatTTLHeal", relay.UDP, durationSetter(func(s *routeSettings) *time.Duration { return &s.ttlHeal })},
@@ -153,6 +158,40 @@ var queryKeys = map[string]queryKey{
 	"max_conns":            {"MaxConns", relay.TCP, limitSetter(func(s *routeSettings) *int { return &s.maxConns })},
 	"conn_idle_timeout":    {"ConnIdleTimeout", relay.TCP, durationSetter(func(s *routeSettings) *time.Duration { return &s.connIdle })},
 }
+
+// setInterval takes a duration or auto (learn the path's binding lifetime).
+func setInterval(s *routeSettings, v string) error {
+	if v == "auto" {
+		s.intervalAuto = true
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return errors.New("not a valid duration (e.g. 20s, 1m30s) or auto")
+	}
+	s.interval, s.intervalAuto = d, false
+	return nil
+}
+
+// setTTL takes a whole number or auto (learn the NAT distance).
+func setTTL(s *routeSettings, v string) error {
+	if v == "auto" {
+		s.ttl = autoLimit
+		return nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return errors.New("not a valid whole number (or auto)")
+	}
+	s.ttl = n
+	return nil
+}
+
+// minRelearn keeps re-learning from turning into constant probing.
+const minRelearn = time.Minute
+
+// errTransparentAuto is why path learning is not offered in transparent mode.
+const errTransparentAuto = "not available in transparent mode: each intercepted flow goes to a destination of its own, so there is no one upstream to probe; give the interval (and ttl) as values"
 
 // minHeartbeatInterval keeps a typo such as 20ms from flooding the upstream.
 const minHeartbeatInterval = 100 * time.Millisecond
@@ -177,8 +216,23 @@ func (s routeSettings) udp() (relay.UDPOptions, error) {
 	if err != nil {
 		return o, &settingError{"reply", "HeartbeatReply", s.reply, err.Error()}
 	}
-	if s.ttl < 0 || s.ttl > 255 {
-		return o, &settingError{"ttl", "HeartbeatTTL", strconv.Itoa(s.ttl), "must be 0 (off) or 1..255"}
+	autoTTL := s.ttl == autoLimit
+	if !autoTTL && (s.ttl < 0 || s.ttl > 255) {
+		return o, &settingError{"ttl", "HeartbeatTTL", strconv.Itoa(s.ttl), "must be 0 (off), 1..255 or auto"}
+	}
+	if autoTTL && !s.intervalAuto {
+		return o, &settingError{"ttl", "HeartbeatTTL", "auto", "needs interval=auto: the distance search waits out the learned binding lifetime"}
+	}
+	if autoTTL && p.Kind != keepalive.PayloadSTUN {
+		return o, &settingError{"ttl", "HeartbeatTTL", "auto", fmt.Sprintf("needs payload=stun (payload is %s): the route's normal-TTL heal heartbeats are its only source of liveness and RTT", p)}
+	}
+	if s.intervalAuto {
+		if s.fallback < keepalive.MinLearnedInterval {
+			return o, &settingError{"interval_fallback", "HeartbeatFallback", s.fallback.String(), fmt.Sprintf("must be at least %s", keepalive.MinLearnedInterval)}
+		}
+		if s.relearn != 0 && s.relearn < minRelearn {
+			return o, &settingError{"relearn", "PathRelearn", s.relearn.String(), fmt.Sprintf("must be 0 (never) or at least %s", minRelearn)}
+		}
 	}
 	if s.ttl > 0 && r.Enabled() {
 		return o, &settingError{"ttl", "HeartbeatTTL", strconv.Itoa(s.ttl), fmt.Sprintf("a TTL-limited heartbeat never reaches the server, so reply %s can never arrive; use one or the other", r)}
@@ -219,10 +273,19 @@ func (s routeSettings) udp() (relay.UDPOptions, error) {
 	// normal TTL otherwise); it is kept as configured so the options read
 	// the same whatever the ttl.
 	o.Heartbeat = keepalive.Schedule{Interval: s.interval, DeadAfter: s.deadAfter, Pong: r, Rebind: rebind, Heal: s.ttlHeal}
+	if s.intervalAuto {
+		// The fallback is in force until the relay has learned the path.
+		o.Heartbeat.Interval = s.fallback
+		o.Path = relay.PathOptions{AutoInterval: true, Fallback: s.fallback, Relearn: s.relearn, AutoTTL: autoTTL}
+	}
+	if autoTTL {
+		o.TTL = 0 // learned; the normal TTL until then
+	}
 	if o.Role == relay.RoleResponder {
 		// A responder sits beside the server: it answers heartbeats, it
 		// does not send its own across a NAT it is not behind.
 		o.Heartbeat.Interval = 0
+		o.Path = relay.PathOptions{}
 	}
 	return o, nil
 }

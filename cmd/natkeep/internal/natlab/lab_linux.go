@@ -45,6 +45,9 @@ type Config struct {
 	// IPv6 also configures IPv6 addresses (fd00::/8) and ip6tables
 	// MASQUERADE.
 	IPv6 bool
+	// ExtraHop puts a plain router (forwarding, no NAT) between the client
+	// and the NAT router, so the NAT is two hops away (IPv4 only).
+	ExtraHop bool
 }
 
 // Lab is three namespaces: client (app + natkeep) -- router (MASQUERADE
@@ -53,6 +56,7 @@ type Config struct {
 // reply only arrives through the NAT mapping.
 type Lab struct {
 	Client, Router, Server string // namespace names
+	Hop                    string // the plain router's namespace with Config.ExtraHop, else ""
 
 	// IPv4: client subnet 10.A.B.0/24, server subnet 10.A.B+1.0/24.
 	ClientAddr, RouterInner, RouterOuter, ServerAddr netip.Addr
@@ -62,6 +66,10 @@ type Lab struct {
 
 	// Interface names (each lives inside its namespace).
 	ClientIf, RouterInnerIf, RouterOuterIf, ServerIf string
+
+	// With Config.ExtraHop: the plain router's addresses on the client side
+	// (the client's gateway) and on the NAT router's side.
+	HopInner, HopOuter netip.Addr
 
 	cfg Config
 }
@@ -127,6 +135,12 @@ func New(t testing.TB, cfg Config) *Lab {
 		ServerIf:      "eth0",
 		cfg:           cfg,
 	}
+	if cfg.ExtraHop {
+		if cfg.IPv6 {
+			t.Fatal("NAT lab: ExtraHop is IPv4 only")
+		}
+		l.Hop = fmt.Sprintf("%s%d-hop", nsPrefix, id)
+	}
 	l.pickAddresses(t)
 	l.createNamespaces(t)
 	l.link(t)
@@ -174,6 +188,11 @@ func (l *Lab) pickAddresses(t testing.TB) {
 	v4 := func(c, d int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(a), byte(c), byte(d)}) }
 	l.ClientAddr, l.RouterInner = v4(b, 2), v4(b, 1)
 	l.RouterOuter, l.ServerAddr = v4(b+1, 1), v4(b+1, 2)
+	if l.Hop != "" {
+		// The client's /24 split in two: client -- hop on the lower half,
+		// hop -- router on the upper.
+		l.HopInner, l.HopOuter, l.RouterInner = v4(b, 1), v4(b, 129), v4(b, 130)
+	}
 	v6 := func(sub, host int) netip.Addr {
 		return netip.MustParseAddr(fmt.Sprintf("fd00:%x:%x:%x::%x", a, b, sub, host))
 	}
@@ -187,7 +206,10 @@ func (l *Lab) pickAddresses(t testing.TB) {
 // instead of appearing a second or two later, in the middle of a test.
 func (l *Lab) createNamespaces(t testing.TB) {
 	t.Helper()
-	for _, ns := range []string{l.Client, l.Router, l.Server} {
+	for _, ns := range []string{l.Client, l.Hop, l.Router, l.Server} {
+		if ns == "" {
+			continue
+		}
 		l.Run(t, "", "ip", "netns", "add", ns)
 		t.Cleanup(func() {
 			if out, err := l.TryRun("", "ip", "netns", "del", ns); err != nil {
@@ -204,6 +226,10 @@ func (l *Lab) createNamespaces(t testing.TB) {
 // in the host namespace), addresses them and brings them up.
 func (l *Lab) link(t testing.TB) {
 	t.Helper()
+	if l.Hop != "" {
+		l.linkWithHop(t)
+		return
+	}
 	l.Run(t, "", "ip", "-n", l.Client, "link", "add", l.ClientIf, "type", "veth", "peer", "name", l.RouterInnerIf, "netns", l.Router)
 	l.Run(t, "", "ip", "-n", l.Server, "link", "add", l.ServerIf, "type", "veth", "peer", "name", l.RouterOuterIf, "netns", l.Router)
 	addr := func(ns, ifname string, a netip.Addr, bits int) {
@@ -229,10 +255,38 @@ func (l *Lab) link(t testing.TB) {
 	l.Run(t, l.Server, "ip", "link", "set", l.ServerIf, "up")
 }
 
-// route gives the client a default route via the router; the server only
-// knows its own link (connected route), no default route.
+// linkWithHop is link for Config.ExtraHop: client -- hop -- router -- server.
+func (l *Lab) linkWithHop(t testing.TB) {
+	t.Helper()
+	l.Run(t, "", "ip", "-n", l.Client, "link", "add", l.ClientIf, "type", "veth", "peer", "name", "in0", "netns", l.Hop)
+	l.Run(t, "", "ip", "-n", l.Hop, "link", "add", "out0", "type", "veth", "peer", "name", l.RouterInnerIf, "netns", l.Router)
+	l.Run(t, "", "ip", "-n", l.Server, "link", "add", l.ServerIf, "type", "veth", "peer", "name", l.RouterOuterIf, "netns", l.Router)
+	for _, a := range []struct {
+		ns, ifname string
+		addr       netip.Addr
+		bits       int
+	}{
+		{l.Client, l.ClientIf, l.ClientAddr, 25}, {l.Hop, "in0", l.HopInner, 25},
+		{l.Hop, "out0", l.HopOuter, 25}, {l.Router, l.RouterInnerIf, l.RouterInner, 25},
+		{l.Router, l.RouterOuterIf, l.RouterOuter, 24}, {l.Server, l.ServerIf, l.ServerAddr, 24},
+	} {
+		l.Run(t, a.ns, "ip", "addr", "add", netip.PrefixFrom(a.addr, a.bits).String(), "dev", a.ifname)
+		l.Run(t, a.ns, "ip", "link", "set", a.ifname, "up")
+	}
+	l.Run(t, l.Hop, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	l.Run(t, l.Hop, "ip", "route", "add", "default", "via", l.RouterInner.String())
+	// The NAT router reaches the client's half through the hop.
+	l.Run(t, l.Router, "ip", "route", "add", netip.PrefixFrom(l.ClientAddr, 25).Masked().String(), "via", l.HopOuter.String())
+}
+
+// route gives the client a default route via the router (or the hop); the
+// server only knows its own link (connected route), no default route.
 func (l *Lab) route(t testing.TB) {
 	t.Helper()
+	if l.Hop != "" {
+		l.Run(t, l.Client, "ip", "route", "add", "default", "via", l.HopInner.String())
+		return
+	}
 	l.Run(t, l.Client, "ip", "route", "add", "default", "via", l.RouterInner.String())
 	if l.cfg.IPv6 {
 		l.Run(t, l.Client, "ip", "-6", "route", "add", "default", "via", l.RouterInner6.String())

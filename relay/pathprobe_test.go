@@ -1,0 +1,136 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/natkeep/natkeep/keepalive"
+)
+
+// fakeNATServer is a STUN server on loopback that plays the NAT too: it
+// delivers an answer to a RESPONSE-PORT only if that port was heard from
+// (or answered) less than lifetime ago, as a NAT's mapping would. The real
+// thing is tested in the NAT lab (cmd/natkeep); this one keeps the prober's
+// logic fast to test.
+type fakeNATServer struct {
+	conn     *net.UDPConn
+	lifetime time.Duration
+	mode     string // "nat", "silent", "ignore" (answers to the source), "420"
+
+	mu       sync.Mutex
+	seen     map[uint16]time.Time
+	requests int
+}
+
+func newFakeNATServer(t *testing.T, lifetime time.Duration, mode string) *fakeNATServer {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fakeNATServer{conn: c, lifetime: lifetime, mode: mode, seen: map[uint16]time.Time{}}
+	t.Cleanup(func() { c.Close() })
+	go s.serve()
+	return s
+}
+
+func (s *fakeNATServer) addr() netip.AddrPort {
+	return s.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func (s *fakeNATServer) serve() {
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		req, err := keepalive.ReadBindingRequest(buf[:n], false)
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		s.mu.Lock()
+		s.requests++
+		s.seen[from.Port()] = now
+		to := from
+		deliver := true
+		if req.ResponsePort != 0 && s.mode != "ignore" {
+			to = netip.AddrPortFrom(from.Addr(), req.ResponsePort)
+			last, ok := s.seen[req.ResponsePort]
+			deliver = ok && now.Sub(last) < s.lifetime
+			if deliver {
+				s.seen[req.ResponsePort] = now
+			}
+		}
+		s.mu.Unlock()
+		var resp []byte
+		switch {
+		case s.mode == "silent" || !deliver:
+			continue
+		case s.mode == "420" && req.ResponsePort != 0:
+			req.Unknown[0], req.NUnknown = 0x0027, 1
+			resp = keepalive.AppendUnknownAttributes(nil, req)
+			to = from
+		default:
+			resp = keepalive.AppendBindingResponse(nil, req.ID, from, req.Fingerprint)
+		}
+		_, _ = s.conn.WriteToUDPAddrPort(resp, to)
+	}
+}
+
+func testProber(s *fakeNATServer) *prober {
+	a := s.addr()
+	return &prober{server: func() (netip.AddrPort, bool) { return a, true }}
+}
+
+// TestProberLearnsLifetime: against a simulated 1.5 s mapping lifetime the
+// search brackets it within its resolution, and its probe sockets come
+// and go (nothing stays open).
+func TestProberLearnsLifetime(t *testing.T) {
+	s := newFakeNATServer(t, 1500*time.Millisecond, "nat")
+	p := testProber(s)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rounds := 0
+	start := time.Now()
+	lt, err := p.learnLifetime(ctx, 500*time.Millisecond, 8*time.Second, func(int, []time.Duration) { rounds++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lt.Survives < 1200*time.Millisecond || lt.Survives >= 1500*time.Millisecond || lt.Expires < 1500*time.Millisecond || lt.Expires > 1800*time.Millisecond {
+		t.Fatalf("learned %+v, want survives in [1.2s, 1.5s) and expires in [1.5s, 1.8s]", lt)
+	}
+	if p.rtt() <= 0 || p.sent.Load() == 0 || p.received.Load() == 0 {
+		t.Fatalf("rtt %v, sent %d, received %d", p.rtt(), p.sent.Load(), p.received.Load())
+	}
+	t.Logf("learned %+v in %d rounds, %v; %d datagrams sent, %d received, srtt %v", lt, rounds, time.Since(start).Round(time.Millisecond), p.sent.Load(), p.received.Load(), p.rtt())
+}
+
+func TestProberUpstreamCannotBeProbed(t *testing.T) {
+	for _, c := range []struct {
+		mode string
+		want error
+	}{
+		{"silent", ErrNoSTUN},
+		{"ignore", ErrNoResponsePort},
+		{"420", ErrNoResponsePort},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			t.Parallel()
+			s := newFakeNATServer(t, time.Hour, c.mode)
+			p := testProber(s)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			_, err := p.learnLifetime(ctx, 500*time.Millisecond, 2*time.Second, nil)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+		})
+	}
+}

@@ -385,3 +385,73 @@ func TestNATProbeCommand(t *testing.T) {
 		t.Fatal("the non-STUN server saw no request")
 	}
 }
+
+// TestNATProbeAgainstCoturn: `natkeep probe` against coturn, an RFC 5780
+// STUN server this project did not write, listening on two addresses (so
+// it names an alternate address and honours RESPONSE-PORT): the mapping
+// behaviour is tested (Linux MASQUERADE keeps the port for a new
+// destination: endpoint-independent) and the 5 s lifetime is learned
+// through coturn's answers.
+func TestNATProbeAgainstCoturn(t *testing.T) {
+	t.Parallel()
+	turn, err := exec.LookPath("turnserver")
+	if err != nil {
+		natlab.Skip(t, "coturn's turnserver is not installed (apt-get install coturn); .ci/run installs it")
+	}
+	l := natlab.New(t, natlab.Config{UDPTimeout: 5 * time.Second, UDPStreamTimeout: 5 * time.Second})
+	alt := l.ServerAddr.Next()
+	l.Run(t, l.Server, "ip", "addr", "add", netip.PrefixFrom(alt, 24).String(), "dev", l.ServerIf)
+	dir := t.TempDir()
+	ts := l.StartProcess(t, l.Server, nil, turn, "-n", "-S", "-L", l.ServerAddr.String(), "-L", alt.String(), "-p", "3478", "--alt-listening-port", "3479",
+		"--no-cli", "--no-tls", "--no-dtls", "--pidfile", dir+"/turn.pid", "--log-file", "stdout", "--simple-log", "--userdb", dir+"/turndb")
+	server := netip.AddrPortFrom(l.ServerAddr, 3478)
+	// coturn is up when it answers a Binding Request from the client side.
+	if !nktest.Eventually(20*time.Second, 200*time.Millisecond, func() bool {
+		_, errOut, code := runProbeQuick(t, l, server)
+		return code == 0 || !strings.Contains(errOut, "never answered")
+	}) {
+		t.Fatalf("coturn never answered:\n%s", ts.Output())
+	}
+	out, errOut, code := runProbe(t, l, "--json", "--no-hops", server.String())
+	if code != 0 {
+		t.Fatalf("probe of coturn exited %d\n%s\n%s\ncoturn:\n%s", code, out, errOut, ts.Output())
+	}
+	var rep struct {
+		Mapping  string   `json:"mapping"`
+		Lifetime *float64 `json:"binding_lifetime_seconds"`
+		HopsNote string   `json:"nat_hops_note"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("JSON does not parse: %v\n%s", err, out)
+	}
+	if rep.Mapping != "endpoint-independent" {
+		t.Fatalf("mapping %q, want endpoint-independent (coturn's OTHER-ADDRESS %v)\n%s", rep.Mapping, alt, out)
+	}
+	if rep.Lifetime == nil || !within(time.Duration(*rep.Lifetime*float64(time.Second)), 5*time.Second, 0.15) {
+		t.Fatalf("lifetime through coturn %v, want 5s within 15%%\n%s\n%s", rep.Lifetime, out, errOut)
+	}
+	t.Logf("coturn: mapping %s, lifetime %.2fs (%s)", rep.Mapping, *rep.Lifetime, rep.HopsNote)
+}
+
+// runProbeQuick is a probe that stops after the first answer: a short
+// --max-lifetime is still a ladder, so this only asks "does it answer?".
+func runProbeQuick(t *testing.T, l *natlab.Lab, server netip.AddrPort) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.Client, natlab.NatkeepBinary(t), "probe", "--no-hops", "--max-lifetime", "4s", server.String())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return stdout.String(), stderr.String(), ee.ExitCode()
+	}
+	if err != nil {
+		return stdout.String(), stderr.String(), -1
+	}
+	return stdout.String(), stderr.String(), 0
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ type fakeNATServer struct {
 	mu       sync.Mutex
 	seen     map[uint16]time.Time
 	requests int
+	shift    atomic.Bool // report heartbeats' mapped port one higher: the NAT "rebound" the flow
 }
 
 func newFakeNATServer(t *testing.T, lifetime time.Duration, mode string) *fakeNATServer {
@@ -78,7 +80,11 @@ func (s *fakeNATServer) serve() {
 			resp = keepalive.AppendUnknownAttributes(nil, req)
 			to = from
 		default:
-			resp = keepalive.AppendBindingResponse(nil, req.ID, from, req.Fingerprint)
+			mapped := from
+			if n == 28 && s.shift.Load() { // a heartbeat, not a probe (those carry SOFTWARE)
+				mapped = netip.AddrPortFrom(from.Addr(), from.Port()+1)
+			}
+			resp = keepalive.AppendBindingResponse(nil, req.ID, mapped, req.Fingerprint)
 		}
 		_, _ = s.conn.WriteToUDPAddrPort(resp, to)
 	}
@@ -93,6 +99,7 @@ func testProber(s *fakeNATServer) *prober {
 // search brackets it within its resolution, and its probe sockets come
 // and go (nothing stays open).
 func TestProberLearnsLifetime(t *testing.T) {
+	t.Parallel() // mostly waiting out probe silences
 	s := newFakeNATServer(t, 1500*time.Millisecond, "nat")
 	p := testProber(s)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -113,6 +120,7 @@ func TestProberLearnsLifetime(t *testing.T) {
 }
 
 func TestProberUpstreamCannotBeProbed(t *testing.T) {
+	t.Parallel() // mostly waiting out probe silences
 	for _, c := range []struct {
 		mode string
 		want error
@@ -133,4 +141,57 @@ func TestProberUpstreamCannotBeProbed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRouteLearnsAndRelearnsOnMappingChange: an interval=auto route learns
+// the (simulated) 3 s lifetime and puts 80 % of it in force; when a flow's
+// heartbeat reply shows a new mapped address, the interval is halved at
+// once and a re-learning starts for reason mapping_changed.
+func TestRouteLearnsAndRelearnsOnMappingChange(t *testing.T) {
+	t.Parallel() // mostly waiting out probe silences
+	s := newFakeNATServer(t, 3*time.Second, "nat")
+	o := udpOpts()
+	o.Payload, _ = keepalive.ParsePayload("stun")
+	o.Heartbeat.Pong, _ = keepalive.ParseReply("", o.Payload)
+	o.Heartbeat.Interval = 15 * time.Second
+	o.Path = PathOptions{AutoInterval: true, Fallback: 15 * time.Second}
+	rt := hostileRoute("127.0.0.1:0", s.addr().String(), o)
+	r := hostileStart(t, rt)
+	metric := func(name string, kv ...string) float64 { return r.routeMetric(t, rt.Name, name, kv...) }
+	if iv := metric("natkeep_udp_heartbeat_interval_seconds"); iv != 15 {
+		t.Fatalf("interval before learning %v, want the fallback", iv)
+	}
+	waitFor := func(what string, d time.Duration, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(d)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out after %v waiting for %s\n%s", d, what, r.logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("a learned lifetime", 90*time.Second, func() bool { return metric("natkeep_udp_path_state", "state", "learned") == 1 })
+	lt := metric("natkeep_udp_path_binding_lifetime_seconds")
+	iv := metric("natkeep_udp_heartbeat_interval_seconds")
+	if lt < 2.7 || lt >= 3 || iv < 0.8*lt-0.1 || iv > 0.8*lt {
+		t.Fatalf("learned lifetime %vs, interval %vs; want [2.7, 3) and 80%% of it", lt, iv)
+	}
+	c := hostileClient(t, r, 0)
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("two heartbeat replies", 30*time.Second, func() bool { return metric("natkeep_udp_heartbeat_replies_total") >= 2 })
+	s.shift.Store(true)
+	waitFor("a re-learning for mapping_changed", 30*time.Second, func() bool {
+		return metric("natkeep_udp_path_learnings_total", "reason", "mapping_changed") == 1
+	})
+	if got := metric("natkeep_udp_heartbeat_interval_seconds"); got < iv/2-0.01 || got > iv/2+0.01 {
+		t.Fatalf("interval after the mapping changed %vs, want half of %vs", got, iv)
+	}
+	if metric("natkeep_udp_nat_mapping_changes_total") < 1 {
+		t.Fatal("mapping change not counted")
+	}
+	s.shift.Store(false)
+	waitFor("learned again", 90*time.Second, func() bool { return metric("natkeep_udp_path_state", "state", "learned") == 1 })
 }

@@ -135,7 +135,7 @@ func TestCLIConfigError(t *testing.T) {
 		{"bad route", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1,udp://:99999/x:1"},
 			`natkeep: NATKEEP_ROUTES entry 2 "udp://:99999/x:1": listen port 99999 out of range 1..65535` + "\n"},
 		{"bad variable", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1", "NATKEEP_UDP_HEARTBEAT_TTL": "300"},
-			`natkeep: NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off) or 1..255` + "\n"},
+			`natkeep: NATKEEP_UDP_HEARTBEAT_TTL="300": must be 0 (off), 1..255 or auto` + "\n"},
 		{"bad log level", map[string]string{"NATKEEP_ROUTES": "udp://:1/x:1", "NATKEEP_LOG_LEVEL": "loud"}, `natkeep: NATKEEP_LOG_LEVEL="loud"`},
 	}
 	for _, tt := range tests {

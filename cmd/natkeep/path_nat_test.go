@@ -403,7 +403,7 @@ func TestNATProbeAgainstCoturn(t *testing.T) {
 	l.Run(t, l.Server, "ip", "addr", "add", netip.PrefixFrom(alt, 24).String(), "dev", l.ServerIf)
 	dir := t.TempDir()
 	ts := l.StartProcess(t, l.Server, nil, turn, "-n", "-S", "-L", l.ServerAddr.String(), "-L", alt.String(), "-p", "3478", "--alt-listening-port", "3479",
-		"--no-cli", "--no-tls", "--no-dtls", "--pidfile", dir+"/turn.pid", "--log-file", "stdout", "--simple-log", "--userdb", dir+"/turndb")
+		"--no-cli", "--no-tcp", "--no-tls", "--no-dtls", "--pidfile", dir+"/turn.pid", "--log-file", "stdout", "--simple-log", "--userdb", dir+"/turndb")
 	server := netip.AddrPortFrom(l.ServerAddr, 3478)
 	// coturn is up when it answers a Binding Request from the client side.
 	if !nktest.Eventually(20*time.Second, 200*time.Millisecond, func() bool {

@@ -27,7 +27,7 @@ func TestSTUNInteropCoturn(t *testing.T) {
 	stunPort, appPort, adminPort := nktest.FreePort(t, "udp"), nktest.FreePort(t, "udp"), nktest.FreePort(t, "tcp")
 	dir := t.TempDir()
 	ts := natlab.Start(t, nil, turn, "-n", "-S", "-L", "127.0.0.1", "-p", fmt.Sprint(stunPort),
-		"--no-cli", "--no-tls", "--no-dtls", "--pidfile", dir+"/turn.pid", "--log-file", "stdout", "--simple-log",
+		"--no-cli", "--no-tcp", "--no-tls", "--no-dtls", "--pidfile", dir+"/turn.pid", "--log-file", "stdout", "--simple-log",
 		"--userdb", dir+"/turndb")
 	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
 	route := fmt.Sprintf("udp://127.0.0.1:%d/127.0.0.1:%d?payload=stun&interval=200ms", appPort, stunPort)

@@ -195,3 +195,31 @@ func TestRouteLearnsAndRelearnsOnMappingChange(t *testing.T) {
 	s.shift.Store(false)
 	waitFor("learned again", 90*time.Second, func() bool { return metric("natkeep_udp_path_state", "state", "learned") == 1 })
 }
+
+// TestRouteUpstreamWithoutSTUN: an interval=auto route whose upstream never
+// answers STUN says so once, shows state no_stun and keeps the fallback.
+func TestRouteUpstreamWithoutSTUN(t *testing.T) {
+	t.Parallel()
+	s := newFakeNATServer(t, time.Hour, "silent")
+	o := udpOpts()
+	o.Heartbeat.Interval = 7 * time.Second
+	o.Path = PathOptions{AutoInterval: true, Fallback: 7 * time.Second, Relearn: time.Hour}
+	rt := hostileRoute("127.0.0.1:0", s.addr().String(), o)
+	r := hostileStart(t, rt)
+	deadline := time.Now().Add(60 * time.Second)
+	for r.routeMetric(t, rt.Name, "natkeep_udp_path_state", "state", "no_stun") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("state never became no_stun\n%s", r.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if iv := r.routeMetric(t, rt.Name, "natkeep_udp_heartbeat_interval_seconds"); iv != 7 {
+		t.Fatalf("interval %vs, want the 7s fallback", iv)
+	}
+	if n := len(r.logs.lines("never answered a STUN Binding Request")); n != 1 {
+		t.Fatalf("%d warnings about the silent upstream, want 1\n%s", n, r.logs.String())
+	}
+	if lost := r.routeMetric(t, rt.Name, "natkeep_udp_path_probes_total", "kind", "lifetime", "result", "lost"); lost < 1 {
+		t.Fatalf("lost lifetime probes %v, want every ladder rung counted", lost)
+	}
+}

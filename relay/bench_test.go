@@ -58,7 +58,7 @@ func benchNewFlow(u *udpRoute, client netip.AddrPort, c *net.UDPConn, now int64)
 // scheduler goroutine); cleanup stops what newUDPRoute started.
 func benchRoute(b *testing.B, o UDPOptions, upstream string) *udpRoute {
 	b.Helper()
-	u, err := newUDPRoute(context.Background(), newRouteUDP("127.0.0.1:0", upstream, o), time.Second, slog.New(slog.DiscardHandler), NewMetrics(nil), &budget{})
+	u, err := newUDPRoute(context.Background(), newRouteUDP("127.0.0.1:0", upstream, o), time.Second, slog.New(slog.DiscardHandler), NewMetrics(nil), &budget{}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -33,15 +33,16 @@ type PathOptions struct {
 
 // pathLearner is one route's path learning.
 type pathLearner struct {
-	u      *udpRoute
-	opts   PathOptions
-	pr     *prober
-	st     *pathStats
-	ivl    atomic.Int64  // the interval in force, read by the scheduler
-	kick   chan struct{} // evidence from a flow
-	mu     sync.Mutex    // guards path
-	path   *keepalive.Path
-	warned map[keepalive.PathPhase]bool // warned about this phase since the last success; learner goroutine only
+	u       *udpRoute   // the route's first worker: it runs the learner
+	workers []*udpRoute // every worker of the route, u first; fixed before start
+	opts    PathOptions
+	pr      *prober
+	st      *pathStats
+	ivl     atomic.Int64  // the interval in force, read by the scheduler
+	kick    chan struct{} // evidence from a flow
+	mu      sync.Mutex    // guards path
+	path    *keepalive.Path
+	warned  map[keepalive.PathPhase]bool // warned about this phase since the last success; learner goroutine only
 	// hopsWarned: said once why ttl=auto keeps the normal TTL; learner goroutine only
 	hopsWarned bool
 }
@@ -53,6 +54,7 @@ func newPathLearner(u *udpRoute, o PathOptions, st *pathStats) *pathLearner {
 		path:   keepalive.NewPath(o.Fallback, o.Relearn),
 		warned: map[keepalive.PathPhase]bool{},
 	}
+	l.workers = []*udpRoute{u}
 	l.pr = &prober{server: u.up.Addr, control: u.dialControl, probes: st.probe, sentC: st.sent, recvC: st.received}
 	l.ivl.Store(int64(o.Fallback))
 	st.setPhase(keepalive.PathLearning)
@@ -85,7 +87,9 @@ func (l *pathLearner) apply(iv time.Duration) {
 	old := time.Duration(l.ivl.Swap(int64(iv)))
 	l.st.interval.Set(iv.Seconds())
 	if iv < old {
-		l.u.sched.wakeAll(mono())
+		for _, w := range l.workers {
+			w.sched.wakeAll(mono())
+		}
 	}
 }
 
@@ -205,7 +209,7 @@ func (l *pathLearner) learnHops(ctx context.Context, lt keepalive.Lifetime) {
 	oldHops := l.path.Hops()
 	l.path.SetHops(k)
 	l.mu.Unlock()
-	l.u.def.opts.ttl.Store(c)
+	l.setTTL(c)
 	l.st.hops.Set(float64(k))
 	lvl := slog.LevelDebug
 	if k != oldHops {
@@ -217,7 +221,7 @@ func (l *pathLearner) learnHops(ctx context.Context, lt keepalive.Lifetime) {
 
 // hopsUnknown leaves heartbeats at the normal TTL and says why, once per value.
 func (l *pathLearner) hopsUnknown(why string) {
-	l.u.def.opts.ttl.Store(nil)
+	l.setTTL(nil)
 	l.st.hops.Set(0)
 	l.mu.Lock()
 	old := l.path.Hops()
@@ -226,6 +230,13 @@ func (l *pathLearner) hopsUnknown(why string) {
 	if old != 0 || !l.hopsWarned {
 		l.hopsWarned = true
 		l.u.log.Warn("ttl=auto: heartbeats keep the normal TTL", "reason", why, "upstream", l.u.up.hostport)
+	}
+}
+
+// setTTL puts a heartbeat TTL in force on every worker (nil: the normal TTL).
+func (l *pathLearner) setTTL(c *ttlControl) {
+	for _, w := range l.workers {
+		w.def.opts.ttl.Store(c)
 	}
 }
 

@@ -21,7 +21,8 @@ type Relay struct {
 	cfg      Config
 	budget   *budget
 	log      *slog.Logger
-	udp      []*udpRoute
+	udp      []*udpRoute   // every UDP worker of every route
+	udpRoute [][]*udpRoute // per UDP route in configuration order, its workers (the first resolves and learns)
 	tcp      []*tcpRoute
 	addrs    []net.Addr
 	ctx      context.Context
@@ -59,11 +60,21 @@ func (r *Relay) add(rt Route, m *Metrics) error {
 	rlog := r.log.With("route", rt.Name)
 	switch rt.Proto {
 	case UDP:
-		u, err := newUDPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m, r.budget)
-		if err != nil {
-			return err
+		n, wrt := r.udpWorkers(rt)
+		var group []*udpRoute
+		for i := range n {
+			var primary *udpRoute
+			if i > 0 {
+				primary = group[0]
+			}
+			u, err := newUDPRoute(r.ctx, wrt, r.cfg.ResolveInterval, rlog, m, r.budget, primary)
+			if err != nil {
+				return err
+			}
+			group = append(group, u)
+			r.udp = append(r.udp, u)
 		}
-		r.udp = append(r.udp, u)
+		r.udpRoute = append(r.udpRoute, group)
 	case TCP:
 		t, err := newTCPRoute(r.ctx, rt, r.cfg.ResolveInterval, rlog, m, r.budget)
 		if err != nil {
@@ -83,13 +94,15 @@ func (r *Relay) Start() error {
 	for i, rt := range r.cfg.Routes {
 		switch rt.Proto {
 		case UDP:
-			u := r.udp[ui]
+			group := r.udpRoute[ui]
 			ui++
-			if err := u.listen(r.ctx); err != nil {
-				r.Close()
-				return newListenError(i, rt, err)
+			for _, u := range group {
+				if err := u.listen(r.ctx); err != nil {
+					r.Close()
+					return newListenError(i, rt, err)
+				}
 			}
-			r.addrs = append(r.addrs, u.ln.LocalAddr())
+			r.addrs = append(r.addrs, group[0].ln.LocalAddr())
 		case TCP:
 			t := r.tcp[ti]
 			ti++
@@ -108,6 +121,27 @@ func (r *Relay) Start() error {
 	}
 	r.ready.Store(true)
 	return nil
+}
+
+// udpWorkers returns how many workers a UDP route gets and the route each
+// of them runs. One per Config.Workers on a route with its own upstream; a
+// transparent route keeps one (its listener's replies go out through
+// per-flow sockets anyway). The flow limits are the route's: each worker
+// holds its share, rounded up.
+func (r *Relay) udpWorkers(rt Route) (int, Route) {
+	n := r.cfg.Workers
+	if n <= 1 || rt.Transparent {
+		return 1, rt
+	}
+	share := func(v int) int {
+		if v <= 0 {
+			return v
+		}
+		return (v + n - 1) / n
+	}
+	rt.UDP.MaxFlows = share(rt.UDP.MaxFlows)
+	rt.UDP.MaxFlowsPerSource = share(rt.UDP.MaxFlowsPerSource)
+	return n, rt
 }
 
 // ListenError is Start's error when a route's listener cannot be bound.

@@ -7,6 +7,7 @@ package relay
 
 import (
 	"net/netip"
+	"sync"
 
 	"github.com/natkeep/natkeep/keepalive"
 )
@@ -91,8 +92,10 @@ func (b *tokenBucket) take(now int64, rate, burst float64) bool {
 }
 
 // sourceLimiter rate-limits answers per source IP address (not per port: a
-// spoofer can vary the port at will). Only the listener goroutine uses it.
+// spoofer can vary the port at will). The listener goroutines of a route's
+// workers share it.
 type sourceLimiter struct {
+	mu          sync.Mutex
 	rate, burst float64
 	max         int
 	m           map[netip.Addr]*tokenBucket
@@ -114,6 +117,8 @@ func newSourceLimiter(rate, burst float64, max int) *sourceLimiter {
 
 // allow reports whether src may have an answer at time now.
 func (l *sourceLimiter) allow(src netip.Addr, now int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	b := l.m[src]
 	if b == nil {
 		if len(l.m) >= l.max {

@@ -110,4 +110,8 @@ type Config struct {
 	Routes          []Route
 	Budget          Budget        // what the machine lets flows and connections hold
 	ResolveInterval time.Duration // how often upstream DNS names are re-resolved
+	// Workers is the number of listeners of every non-transparent UDP route
+	// (SO_REUSEPORT): each has its own flow table, scheduler and epoll loop,
+	// and the kernel keeps each client on one. 0 or 1 = one per route.
+	Workers int
 }

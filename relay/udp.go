@@ -40,6 +40,12 @@ type udpRoute struct {
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // e.g. a bypass mark in transparent mode
 
+	// primary is the route's first worker when this is another one
+	// (Config.Workers > 1): the others share its upstream (one resolver),
+	// its path learner and its responder rate limiter; nil for the first.
+	primary *udpRoute
+	reuse   bool // listen with SO_REUSEPORT: the route has several workers
+
 	def   *flowClass   // the route's own options, and the flows that run with them
 	rules []*flowClass // transparent routes: one per UDP intercept rule, in order
 
@@ -59,7 +65,7 @@ type udpRoute struct {
 	errLog  logLimiter
 	events  flowEvents
 
-	answers     *sourceLimiter // responder: answers per source address; listener goroutine only
+	answers     *sourceLimiter // responder: answers per source address; shared by the route's workers
 	answered    atomic.Bool    // some flow's upstream answered a heartbeat
 	notAnswered atomic.Bool    // warned that the upstream never answers heartbeats
 	lastResolve atomic.Int64   // mono time of the last on-demand resolution (dead peers)
@@ -106,11 +112,15 @@ type flow struct {
 	srcPrev, srcNext *flow // the flows of the same source, oldest first; guarded by udpRoute.mu
 }
 
-func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics, b *budget) (*udpRoute, error) {
+// newUDPRoute builds a route, or with primary another worker of primary's route.
+func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics, b *budget, primary *udpRoute) (*udpRoute, error) {
 	st := m.udp(r.Name)
 	up := originalDst(log, st.resolveFailures)
 	var err error
-	if !r.Transparent {
+	switch {
+	case primary != nil:
+		up = primary.up
+	case !r.Transparent:
 		if up, err = newUpstream(r.Upstream, log, st.resolveFailures); err != nil {
 			return nil, err
 		}
@@ -124,6 +134,11 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		errLog:  logLimiter{period: 10 * time.Second},
 		events:  newFlowEvents(log),
 		answers: newAnswerLimiter(r.UDP),
+		primary: primary,
+	}
+	if primary != nil {
+		u.answers = primary.answers // a source's budget is the route's, whichever worker its port hashes to
+		primary.reuse, u.reuse = true, true
 	}
 	if u.def, err = newFlowClass(nil, r.UDP); err != nil {
 		return nil, err
@@ -142,25 +157,39 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		u.fdsPerFlow = 2
 	}
 	u.dialControl = bypassControl(r.BypassMark, &u.errLog, log)
-	u.up.resolver = markedResolver(u.dialControl)
+	if primary == nil {
+		u.up.resolver = markedResolver(u.dialControl)
+	}
 	u.sched.init()
 	if u.readers, err = newFlowReaders(log, u.upstreamError); err != nil {
 		return nil, err
 	}
 	u.st.interval.Set(u.def.opts.Heartbeat.Interval.Seconds())
-	if r.UDP.Path.AutoInterval && r.UDP.Role == RoleClient && !r.Transparent {
+	switch {
+	case primary != nil && primary.def.opts.path != nil:
+		u.def.opts.path = primary.def.opts.path
+		u.def.opts.path.workers = append(u.def.opts.path.workers, u)
+	case primary == nil && r.UDP.Path.AutoInterval && r.UDP.Role == RoleClient && !r.Transparent:
 		u.def.opts.path = newPathLearner(u, r.UDP.Path, m.path(r.Name, u.st.interval))
 	}
 	return u, nil
 }
 
-// listen binds the route's socket.
+// listen binds the route's socket; another worker binds the address its
+// primary got (which matters when the configured port is 0).
 func (u *udpRoute) listen(ctx context.Context) error {
 	var lc net.ListenConfig
-	if u.route.Transparent {
+	switch {
+	case u.route.Transparent:
 		lc.Control = sockopt.RecvOrigDstControl
+	case u.reuse:
+		lc.Control = sockopt.ReusePortControl
 	}
-	pc, err := lc.ListenPacket(ctx, "udp", u.route.Listen)
+	addr := u.route.Listen
+	if u.primary != nil {
+		addr = u.primary.ln.LocalAddr().String()
+	}
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return err
 	}
@@ -179,13 +208,17 @@ func (u *udpRoute) listen(ctx context.Context) error {
 
 // start resolves the upstream and starts the goroutines.
 func (u *udpRoute) start() {
-	_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
-	u.wg.Add(4)
-	if l := u.def.opts.path; l != nil {
+	if u.primary == nil {
+		// The route's first worker resolves and learns for all of them.
+		_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
 		u.wg.Add(1)
-		go func() { defer u.wg.Done(); l.run(u.ctx) }()
+		go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
+		if l := u.def.opts.path; l != nil {
+			u.wg.Add(1)
+			go func() { defer u.wg.Done(); l.run(u.ctx) }()
+		}
 	}
-	go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
+	u.wg.Add(3)
 	go func() { defer u.wg.Done(); u.flushEvents() }()
 	if u.route.Transparent {
 		go func() { defer u.wg.Done(); u.serveIntercepted() }()

@@ -267,7 +267,7 @@ func stableJSON(_ []string, a slog.Attr) slog.Attr {
 func logStart(log *slog.Logger, cfg *config.Config, r *relay.Relay) {
 	b := cfg.Relay.Budget
 	log.Info("natkeep started", "version", versionString(), "admin", cfg.AdminAddr, "routes", len(cfg.Relay.Routes),
-		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.DrainTimeout,
+		"resolve_interval", cfg.Relay.ResolveInterval, "drain_timeout", cfg.DrainTimeout, "udp_workers", cfg.Relay.Workers,
 		"budget_descriptors", b.Descriptors, "budget_ports", b.Ports, "budget_from", cfg.Host.Describe())
 	addrs := r.Addrs()
 	for i, rt := range cfg.Relay.Routes {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/agnivade/levenshtein"
@@ -82,6 +83,10 @@ func Check(environ map[string]string, host machine.Facts) (*Config, []error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	workers, err := loadWorkers(ec.Workers, host)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	defs, err := loadDefaults(ec, host)
 	if err != nil {
 		return nil, append(errs, err) // route entries would only repeat it
@@ -96,7 +101,7 @@ func Check(environ map[string]string, host machine.Facts) (*Config, []error) {
 		return nil, errs
 	}
 	c.Intercept, c.Relay.Routes = ic, routes
-	c.Relay.Budget, c.Host = host.Budget(), host
+	c.Relay.Budget, c.Host, c.Relay.Workers = host.Budget(), host, workers
 	return c, nil
 }
 
@@ -209,4 +214,20 @@ func (c *Config) Effective(environ map[string]string) []RouteView {
 		views = append(views, v)
 	}
 	return views
+}
+
+// maxWorkers bounds NATKEEP_WORKERS: more listeners than this gain nothing
+// and each costs a goroutine, an epoll instance and buffers per route.
+const maxWorkers = 256
+
+// loadWorkers is NATKEEP_WORKERS: auto (the host's CPUs) or 1..256.
+func loadWorkers(v string, host machine.Facts) (int, error) {
+	if v == "auto" {
+		return max(host.CPUs, 1), nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxWorkers {
+		return 0, errorf("%s=%q: want auto or 1..%d", envKey("Workers"), v, maxWorkers)
+	}
+	return n, nil
 }

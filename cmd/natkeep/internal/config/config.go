@@ -65,6 +65,7 @@ type envConfig struct {
 	ConnIdleTimeout   time.Duration `env:"TCP_IDLE_TIMEOUT" envDefault:"0" help:"close a TCP connection idle both ways this long; 0 = never (idle connections are what natkeep keeps alive)"`
 
 	ResolveInterval time.Duration `env:"RESOLVE_INTERVAL" envDefault:"30s" help:"how often upstream DNS names are re-resolved"`
+	Workers         string        `env:"WORKERS" envDefault:"auto" help:"UDP listeners per route (SO_REUSEPORT; transparent routes keep one), each with its own flow table, scheduler and epoll loop, so every core relays; the kernel keeps each client on one; auto = GOMAXPROCS (the CPUs natkeep may use); flow limits are split between them"`
 	AdminAddr       string        `env:"ADMIN_ADDR" help:"HTTP address for /metrics, /healthz, /readyz (default :9299); empty or off disables"`
 	DrainTimeout    time.Duration `env:"DRAIN_TIMEOUT" envDefault:"15s" help:"on SIGTERM/SIGINT: stop accepting, let open connections finish for up to this long"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`

@@ -995,3 +995,28 @@ func TestConfigPathLearning(t *testing.T) {
 	// A fixed TTL still refuses a reply matcher; ttl=auto (above) does not.
 	cfgWantErr(t, cfgEnv("udp://:5000/x:1?ttl=2&payload=stun"), "ttl=2", "never reaches the server")
 }
+
+// TestConfigWorkers: NATKEEP_WORKERS is auto (the host's CPUs, at least one)
+// or 1..256.
+func TestConfigWorkers(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		cpus int
+		want int
+	}{{"", 2, 2}, {"auto", 8, 8}, {"auto", 0, 1}, {"1", 8, 1}, {"4", 1, 4}} {
+		env := cfgEnv(cfgUDPRoute)
+		if c.v != "" {
+			env["NATKEEP_WORKERS"] = c.v
+		}
+		cfg, err := Load(env, machine.Facts{CPUs: c.cpus})
+		if err != nil {
+			t.Fatalf("NATKEEP_WORKERS=%q: %v", c.v, err)
+		}
+		if cfg.Relay.Workers != c.want {
+			t.Errorf("NATKEEP_WORKERS=%q with %d CPUs: %d workers, want %d", c.v, c.cpus, cfg.Relay.Workers, c.want)
+		}
+	}
+	for _, v := range []string{"0", "257", "many", "-1"} {
+		cfgWantErr(t, cfgEnv(cfgUDPRoute, "NATKEEP_WORKERS", v), `NATKEEP_WORKERS="`+v+`": want auto or 1..256`)
+	}
+}

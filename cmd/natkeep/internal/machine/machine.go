@@ -14,6 +14,7 @@ import (
 type Facts struct {
 	NoFile         uint64 // RLIMIT_NOFILE, soft limit
 	PortLo, PortHi int    // net.ipv4.ip_local_port_range
+	CPUs           int    // GOMAXPROCS: the CPUs the process may use (its affinity mask, its cgroup quota)
 }
 
 // Ports returns the size of the ephemeral port range (0 = unknown).

@@ -3,13 +3,14 @@ package machine
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 )
 
 // Read returns this host's facts; a fact that cannot be read is left zero.
 func Read() Facts {
-	var f Facts
+	f := Facts{CPUs: runtime.GOMAXPROCS(0)}
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur != ^uint64(0) {
 		f.NoFile = rl.Cur

@@ -4,12 +4,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"syscall"
 	"unsafe"
 
+	"github.com/natkeep/natkeep/sockopt"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
@@ -192,32 +195,73 @@ type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
+// GSO limits: a run of datagrams sent as one is at most gsoMaxSegments
+// datagrams (the kernel's UDP_MAX_SEGMENTS) of at most gsoMaxSize bytes
+// each (segments must fit the path MTU unfragmented: 1,500 less IPv6 and
+// UDP headers), gsoMaxTotal bytes in all (one IPv4 datagram's payload).
+const (
+	gsoMaxSegments = 64
+	gsoMaxSize     = 1452
+	gsoMaxTotal    = 65507
+)
+
+// gso is the process-wide UDP GSO probe: done once, logged once.
+var gso struct {
+	once sync.Once
+	ok   bool
+}
+
+// gsoProbe reports whether UDP GSO is available, probing c's kernel once
+// per process and logging the outcome once.
+func gsoProbe(c *net.UDPConn, log *slog.Logger) bool {
+	gso.once.Do(func() {
+		err := sockopt.GSOSupported(c)
+		gso.ok = err == nil
+		if gso.ok {
+			log.Info("UDP GSO available: a burst of replies to one client leaves in one send")
+		} else {
+			log.Info("UDP GSO not available: replies leave one datagram per message", "err", err)
+		}
+	})
+	return gso.ok
+}
+
 // sendBatch queues datagrams for one unconnected socket (the listener)
-// and sends them with sendmmsg. Each goroutine that writes to the
-// listener owns one. Queued payloads must stay untouched until flush.
+// and sends them with sendmmsg; with GSO, a run of equal-sized datagrams
+// to one address is one message of the batch. Each goroutine that writes
+// to the listener owns one. Queued payloads must stay untouched until
+// flush.
 type sendBatch struct {
 	c     batchConn
-	ms    []ipv4.Message
-	bufs  [][1][]byte
-	addrs []net.UDPAddr
-	ips   [][16]byte
-	tos   []netip.AddrPort
+	log   *slog.Logger
+	gso   bool             // coalesce runs (the probe's result, until the kernel refuses one)
+	ms    []ipv4.Message   // one per queued datagram, in order
+	iov   [][]byte         // the queued payloads, in order: runs are slices of it
+	addrs []net.UDPAddr    // destinations as x/net takes them, one per slot
+	ips   [][16]byte       // the addresses' bytes
+	tos   []netip.AddrPort // destinations as queued, for counting
 	kinds []sendKind
+
+	out   []ipv4.Message // what flush sends: ms, or runs of it with GSO
+	first []int          // out[j]'s first datagram in ms
+	cmsgs []byte         // a UDP_SEGMENT control message per out slot
 	done  func(kind sendKind, to netip.AddrPort, size int, err error)
 }
 
 // newSendBatch makes a batch of slots datagrams for c; done counts each
 // datagram once sent or failed.
-func newSendBatch(c *net.UDPConn, slots int, done func(sendKind, netip.AddrPort, int, error)) *sendBatch {
+func newSendBatch(c *net.UDPConn, slots int, log *slog.Logger, done func(sendKind, netip.AddrPort, int, error)) *sendBatch {
 	var bc batchConn = ipv4.NewPacketConn(c)
 	if la, ok := c.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() == nil {
 		bc = ipv6.NewPacketConn(c)
 	}
-	w := &sendBatch{
-		c: bc, ms: make([]ipv4.Message, 0, slots), bufs: make([][1][]byte, slots),
-		addrs: make([]net.UDPAddr, slots), ips: make([][16]byte, slots), tos: make([]netip.AddrPort, slots), kinds: make([]sendKind, slots), done: done,
+	return &sendBatch{
+		c: bc, log: log, gso: gsoProbe(c, log),
+		ms: make([]ipv4.Message, 0, slots), iov: make([][]byte, slots), addrs: make([]net.UDPAddr, slots),
+		ips: make([][16]byte, slots), tos: make([]netip.AddrPort, slots), kinds: make([]sendKind, slots),
+		out: make([]ipv4.Message, 0, slots), first: make([]int, slots), cmsgs: make([]byte, slots*sockopt.SegmentControlSize),
+		done: done,
 	}
-	return w
 }
 
 // queue adds b for to, sending the batch first if it is full.
@@ -226,7 +270,7 @@ func (w *sendBatch) queue(kind sendKind, to netip.AddrPort, b []byte) {
 		w.flush()
 	}
 	i := len(w.ms)
-	w.bufs[i][0] = b
+	w.iov[i] = b
 	a := &w.addrs[i]
 	w.ips[i] = to.Addr().As16()
 	if to.Addr().Is4() {
@@ -236,36 +280,91 @@ func (w *sendBatch) queue(kind sendKind, to netip.AddrPort, b []byte) {
 	}
 	a.Port, a.Zone = int(to.Port()), to.Addr().Zone()
 	w.tos[i], w.kinds[i] = to, kind
-	w.ms = append(w.ms, ipv4.Message{Buffers: w.bufs[i][:], Addr: a})
+	w.ms = append(w.ms, ipv4.Message{Buffers: w.iov[i : i+1], Addr: a})
 }
 
 // flush sends what is queued, in order. sendmmsg stops at the first
-// datagram it cannot send: that one is counted as failed and the rest are
-// sent on.
+// message it cannot send: that one is counted as failed (or, a GSO run,
+// sent again datagram by datagram without GSO) and the rest are sent on.
 func (w *sendBatch) flush() {
-	for i := 0; i < len(w.ms); {
-		n, err := w.c.WriteBatch(w.ms[i:], 0)
+	w.plan()
+	for j := 0; j < len(w.out); {
+		n, err := w.c.WriteBatch(w.out[j:], 0)
 		n = max(n, 0) // -1 on an error
-		for j := i; j < i+n; j++ {
-			w.report(j, nil)
+		for k := j; k < j+n; k++ {
+			w.reportRun(k, nil)
 		}
-		i += n
+		j += n
 		if err == nil && n == 0 {
 			err = errShortBatch
 		}
-		if err != nil && i < len(w.ms) {
-			w.report(i, err)
-			i++
+		if err != nil && j < len(w.out) {
+			if len(w.out[j].Buffers) > 1 {
+				w.refused(j, err)
+			} else {
+				w.reportRun(j, err)
+			}
+			j++
 		}
 	}
-	for i := range w.ms {
-		w.bufs[i][0] = nil // keep no reference to the reader's slots
+	clear(w.iov[:len(w.ms)]) // keep no reference to the reader's slots
+	w.ms, w.out = w.ms[:0], w.out[:0]
+}
+
+// plan fills out: with GSO, each run of datagrams to one address, of one
+// size (the last may be shorter) and not empty, becomes one message.
+func (w *sendBatch) plan() {
+	for i := 0; i < len(w.ms); {
+		j := i + 1
+		if w.gso {
+			size, total := len(w.iov[i]), len(w.iov[i])
+			for size > 0 && size <= gsoMaxSize && j < len(w.ms) && j-i < gsoMaxSegments && w.tos[j] == w.tos[i] {
+				n := len(w.iov[j])
+				if n == 0 || n > size || total+n > gsoMaxTotal {
+					break
+				}
+				total += n
+				j++
+				if n < size {
+					break // a shorter datagram ends a run
+				}
+			}
+		}
+		m := w.ms[i]
+		if j > i+1 {
+			k := len(w.out)
+			m.Buffers = w.iov[i:j]
+			m.OOB = sockopt.SegmentControl(w.cmsgs[k*sockopt.SegmentControlSize:(k+1)*sockopt.SegmentControlSize], uint16(len(w.iov[i])))
+		}
+		w.first[len(w.out)] = i
+		w.out = append(w.out, m)
+		i = j
 	}
-	w.ms = w.ms[:0]
+}
+
+// refused sends run j's datagrams one by one after the kernel refused
+// them as one (a device without checksum offload, a path MTU below the
+// segment size), and stops using GSO on this socket.
+func (w *sendBatch) refused(j int, err error) {
+	if w.gso {
+		w.gso = false
+		w.log.Info("UDP GSO refused by the kernel: replies leave one datagram per message from now on", "err", err)
+	}
+	for i := w.first[j]; i < w.first[j]+len(w.out[j].Buffers); i++ {
+		_, err := w.c.WriteBatch(w.ms[i:i+1], 0)
+		w.report(i, err)
+	}
+}
+
+// reportRun reports each datagram of out[j].
+func (w *sendBatch) reportRun(j int, err error) {
+	for i := w.first[j]; i < w.first[j]+len(w.out[j].Buffers); i++ {
+		w.report(i, err)
+	}
 }
 
 func (w *sendBatch) report(i int, err error) {
-	w.done(w.kinds[i], w.tos[i], len(w.bufs[i][0]), err)
+	w.done(w.kinds[i], w.tos[i], len(w.iov[i]), err)
 }
 
 var errShortBatch = errors.New("sendmmsg sent nothing")

@@ -2,11 +2,14 @@ package relay
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"testing"
 
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,7 +104,7 @@ func TestBatchDualStack(t *testing.T) {
 		err error
 	}
 	var results []result
-	w := newSendBatch(ln, 4, func(_ sendKind, to netip.AddrPort, _ int, err error) { results = append(results, result{to, err}) })
+	w := newSendBatch(ln, 4, slog.New(slog.DiscardHandler), func(_ sendKind, to netip.AddrPort, _ int, err error) { results = append(results, result{to, err}) })
 	unreachable := netip.MustParseAddrPort("[::ffff:127.0.0.1]:0") // port 0: EINVAL
 	w.queue(sendReply, from, []byte("one"))
 	w.queue(sendReply, unreachable, []byte("lost"))
@@ -114,5 +117,103 @@ func TestBatchDualStack(t *testing.T) {
 		if got := string(readWithin(t, c, testDeadline)); got != want {
 			t.Fatalf("client got %q, want %q", got, want)
 		}
+	}
+}
+
+// countingConn wraps a batchConn, counting the messages handed to the
+// kernel, and refuses GSO messages (those with a control message) with
+// refuse, as a kernel or device without GSO does.
+type countingConn struct {
+	batchConn
+	msgs   int
+	refuse error
+}
+
+func (c *countingConn) WriteBatch(ms []ipv4.Message, flags int) (int, error) {
+	for i := range ms {
+		if c.refuse != nil && len(ms[i].OOB) > 0 {
+			if i == 0 {
+				return -1, c.refuse
+			}
+			ms = ms[:i]
+			break
+		}
+	}
+	n, err := c.batchConn.WriteBatch(ms, flags)
+	c.msgs += max(n, 0)
+	return n, err
+}
+
+// TestSendBatchGSO: a burst of replies to one client (equal sizes, the
+// last shorter) arrives as the same datagrams, in order, whether GSO is
+// used (one message), off (the probe's "unsupported", forced here), or
+// refused by the kernel at send time (the run goes again datagram by
+// datagram, and GSO stays off).
+func TestSendBatchGSO(t *testing.T) {
+	ln, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := dialUDP(t, ln.LocalAddr())
+	bigBuffers(t, c)
+	to := netip.MustParseAddrPort(c.LocalAddr().String())
+	other := dialUDP(t, ln.LocalAddr())
+	otherTo := netip.MustParseAddrPort(other.LocalAddr().String())
+	log := slog.New(slog.DiscardHandler)
+	probed := gsoProbe(ln, log)
+	t.Logf("GSO probe: %v", probed)
+
+	for _, mode := range []string{"gso", "unsupported", "refused"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "gso" && !probed {
+				t.Skip("the kernel has no UDP GSO")
+			}
+			var errs []error
+			w := newSendBatch(ln, 32, log, func(_ sendKind, _ netip.AddrPort, _ int, err error) { errs = append(errs, err) })
+			cc := &countingConn{batchConn: w.c}
+			w.c = cc
+			switch mode {
+			case "unsupported":
+				w.gso = false
+			case "refused":
+				w.gso, cc.refuse = true, syscall.EIO
+			}
+			sizes := []int{100, 100, 100, 100, 100, 40, 100, 0, 100}
+			var want [][]byte
+			for i, n := range sizes {
+				b := bytes.Repeat([]byte{byte(i + 1)}, n)
+				want = append(want, b)
+				w.queue(sendReply, to, b)
+			}
+			w.queue(sendReply, otherTo, []byte("other")) // another address ends a run
+			w.flush()
+			if len(errs) != len(sizes)+1 {
+				t.Fatalf("%d datagrams reported, want %d", len(errs), len(sizes)+1)
+			}
+			for i, err := range errs {
+				if err != nil {
+					t.Errorf("datagram %d: %v", i, err)
+				}
+			}
+			for i, b := range want {
+				if got := readWithin(t, c, testDeadline); !bytes.Equal(got, b) {
+					t.Fatalf("datagram %d: got %d bytes of %x, want %d of %x", i, len(got), got[:min(1, len(got))], len(b), i+1)
+				}
+			}
+			if got := string(readWithin(t, other, testDeadline)); got != "other" {
+				t.Fatalf("other client got %q", got)
+			}
+			switch mode {
+			case "gso": // [100 x5, 40] [100] [0] [100] [other]
+				if cc.msgs != 5 {
+					t.Errorf("GSO: %d messages, want 5", cc.msgs)
+				}
+			default:
+				if cc.msgs != len(sizes)+1 || w.gso {
+					t.Errorf("%s: %d messages (gso still %v), want %d without GSO", mode, cc.msgs, w.gso, len(sizes)+1)
+				}
+			}
+		})
 	}
 }

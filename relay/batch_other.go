@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
 )
@@ -50,7 +51,7 @@ type sendBatch struct {
 	done func(kind sendKind, to netip.AddrPort, size int, err error)
 }
 
-func newSendBatch(c *net.UDPConn, _ int, done func(sendKind, netip.AddrPort, int, error)) *sendBatch {
+func newSendBatch(c *net.UDPConn, _ int, _ *slog.Logger, done func(sendKind, netip.AddrPort, int, error)) *sendBatch {
 	return &sendBatch{c: c, done: done}
 }
 

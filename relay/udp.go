@@ -178,9 +178,9 @@ func (u *udpRoute) listen(ctx context.Context) error {
 		u.ln.Close()
 		return err
 	}
-	u.answersOut = newSendBatch(u.ln, listenBatch, u.sent)
+	u.answersOut = newSendBatch(u.ln, listenBatch, u.log, u.sent)
 	u.answerBufs = make([][128]byte, u.lnBatch.slots())
-	u.replies = newSendBatch(u.ln, replyBatch, u.sent)
+	u.replies = newSendBatch(u.ln, replyBatch, u.log, u.sent)
 	u.st.listenerUp.Set(1)
 	return nil
 }

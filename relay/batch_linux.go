@@ -207,23 +207,32 @@ const (
 
 // gso is the process-wide UDP GSO probe: done once, logged once.
 var gso struct {
-	once sync.Once
-	ok   bool
+	probe, log sync.Once
+	ok         bool
+	err        error
 }
 
 // gsoProbe reports whether UDP GSO is available, probing c's kernel once
-// per process and logging the outcome once.
-func gsoProbe(c *net.UDPConn, log *slog.Logger) bool {
-	gso.once.Do(func() {
-		err := sockopt.GSOSupported(c)
-		gso.ok = err == nil
+// per process.
+func gsoProbe(c *net.UDPConn) bool {
+	gso.probe.Do(func() {
+		gso.err = sockopt.GSOSupported(c)
+		gso.ok = gso.err == nil
+	})
+	return gso.ok
+}
+
+// logGSO logs the probe's outcome once per process; routes call it when
+// they start, after every listener is bound, so a start-up error stays
+// the only line.
+func logGSO(log *slog.Logger) {
+	gso.log.Do(func() {
 		if gso.ok {
 			log.Info("UDP GSO available: a burst of replies to one client leaves in one send")
 		} else {
-			log.Info("UDP GSO not available: replies leave one datagram per message", "err", err)
+			log.Info("UDP GSO not available: replies leave one datagram per message", "err", gso.err)
 		}
 	})
-	return gso.ok
 }
 
 // sendBatch queues datagrams for one unconnected socket (the listener)
@@ -256,7 +265,7 @@ func newSendBatch(c *net.UDPConn, slots int, log *slog.Logger, done func(sendKin
 		bc = ipv6.NewPacketConn(c)
 	}
 	return &sendBatch{
-		c: bc, log: log, gso: gsoProbe(c, log),
+		c: bc, log: log, gso: gsoProbe(c),
 		ms: make([]ipv4.Message, 0, slots), iov: make([][]byte, slots), addrs: make([]net.UDPAddr, slots),
 		ips: make([][16]byte, slots), tos: make([]netip.AddrPort, slots), kinds: make([]sendKind, slots),
 		out: make([]ipv4.Message, 0, slots), first: make([]int, slots), cmsgs: make([]byte, slots*sockopt.SegmentControlSize),

@@ -161,7 +161,7 @@ func TestSendBatchGSO(t *testing.T) {
 	other := dialUDP(t, ln.LocalAddr())
 	otherTo := netip.MustParseAddrPort(other.LocalAddr().String())
 	log := slog.New(slog.DiscardHandler)
-	probed := gsoProbe(ln, log)
+	probed := gsoProbe(ln)
 	t.Logf("GSO probe: %v", probed)
 
 	for _, mode := range []string{"gso", "unsupported", "refused"} {

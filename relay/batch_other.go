@@ -61,3 +61,6 @@ func (w *sendBatch) queue(kind sendKind, to netip.AddrPort, b []byte) {
 }
 
 func (w *sendBatch) flush() {}
+
+// logGSO has nothing to say where UDP GSO does not exist.
+func logGSO(*slog.Logger) {}

@@ -188,6 +188,7 @@ func (u *udpRoute) listen(ctx context.Context) error {
 // start resolves the upstream and starts the goroutines.
 func (u *udpRoute) start() {
 	_ = u.up.resolve(u.ctx) // a failure is logged inside; the resolver loop keeps trying
+	logGSO(u.log)
 	u.wg.Add(4)
 	go func() { defer u.wg.Done(); u.up.run(u.ctx, u.resolveInterval) }()
 	go func() { defer u.wg.Done(); u.flushEvents() }()

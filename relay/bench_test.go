@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -52,6 +53,16 @@ func benchNewFlow(u *udpRoute, client netip.AddrPort, c *net.UDPConn, now int64)
 	u.def.flows++
 	u.mu.Unlock()
 	return f
+}
+
+// benchFromUpstream hands the relay n datagrams from the flow's upstream,
+// as one epoll wake-up does: each to fromUpstream, then one flush of the
+// replies they queued.
+func benchFromUpstream(u *udpRoute, f *flow, p []byte, n int) {
+	for range n {
+		u.fromUpstream(f, p)
+	}
+	u.flushReplies()
 }
 
 // benchRoute builds a UDP route that is never started (no listener, no
@@ -343,8 +354,10 @@ func BenchmarkUDPDownstreamPath(b *testing.B) {
 
 // BenchmarkUDPPathFuncs calls the relay's per-datagram functions directly
 // on a live flow (sendUpstream: client datagram to the flow's upstream
-// socket; fromUpstream: upstream datagram to the client; lookup: the
-// lookup every client datagram does), so allocs/op is the relay's alone.
+// socket; fromUpstream: upstream datagram to the client, one send per
+// datagram; fromUpstreamBatchN: N replies per sendmmsg, per datagram;
+// lookup: the lookup every client datagram does), so allocs/op is the
+// relay's alone.
 // Nothing reads what is sent: loopback drops it once the buffers are full,
 // which costs the sender the same syscall.
 func BenchmarkUDPPathFuncs(b *testing.B) {
@@ -371,9 +384,17 @@ func BenchmarkUDPPathFuncs(b *testing.B) {
 	b.Run("fromUpstream", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {
-			u.fromUpstream(f, p)
+			benchFromUpstream(u, f, p, 1)
 		}
 	})
+	for _, n := range []int{8, replyBatch} {
+		b.Run(fmt.Sprintf("fromUpstreamBatch%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i += n {
+				benchFromUpstream(u, f, p, min(n, b.N-i))
+			}
+		})
+	}
 	b.Run("lookup", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {

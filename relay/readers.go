@@ -21,8 +21,9 @@ type flowReaders interface {
 	stop()
 }
 
-// datagramHandler takes one datagram read from a socket of flow f; b is
-// valid only during the call.
+// datagramHandler takes one datagram read from a socket of flow f; b stays
+// valid until the readers' flush function returns (a handler may queue it
+// for a batched send), and must not be written to.
 type datagramHandler func(f *flow, b []byte)
 
 // readErrorHandler takes a receive error on socket c of flow f.

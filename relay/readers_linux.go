@@ -20,12 +20,17 @@ const maxBurst = 16
 // one goroutine. Sockets stay ordinary *net.UDPConns (writes, deadlines and
 // Close keep Go's safety); reads go through syscall.RawConn.Read with a
 // callback that never waits, so Close can never race a read of a reused fd.
+// Each read is a recvmmsg into the next free slots of one batch shared by
+// all sockets; the handlers' replies are flushed when the slots run out
+// and when a wake-up's sockets are all read, so they leave together.
 type epollReaders struct {
 	log    *slog.Logger
 	onErr  readErrorHandler
+	flush  func() // sends what the handlers queued; the slots are reused after it
 	epfd   int
 	wakefd int // eventfd that ends the loop
-	buf    []byte
+	rb     *recvBatch
+	used   int // slots holding datagrams not yet flushed
 
 	mu      sync.Mutex
 	regs    map[regKey]*watchReg
@@ -76,25 +81,33 @@ func (e *epollReaders) newKey() regKey {
 	}
 }
 
-// newFlowReaders starts the epoll loop; onErr takes receive errors.
-func newFlowReaders(log *slog.Logger, onErr readErrorHandler) (flowReaders, error) {
+// newFlowReaders starts the epoll loop; onErr takes receive errors, flush
+// is called when the datagrams handed out so far are done with.
+func newFlowReaders(log *slog.Logger, onErr readErrorHandler, flush func()) (flowReaders, error) {
+	rb, err := newRecvBatch(replyBatch, 0)
+	if err != nil {
+		return nil, err
+	}
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
+		rb.free()
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
 	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
+		rb.free()
 		unix.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	ev := wakeKey.event(unix.EPOLLIN)
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		rb.free()
 		unix.Close(epfd)
 		unix.Close(wakefd)
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
 	e := &epollReaders{
-		log: log, onErr: onErr, epfd: epfd, wakefd: wakefd, buf: make([]byte, maxDatagram),
+		log: log, onErr: onErr, flush: flush, epfd: epfd, wakefd: wakefd, rb: rb,
 		regs: make(map[regKey]*watchReg), byConn: make(map[*net.UDPConn]regKey),
 		lastKey: wakeKey, done: make(chan struct{}),
 	}
@@ -109,19 +122,32 @@ func (e *epollReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) er
 	}
 	reg := &watchReg{f: f, c: c, rc: rc}
 	reg.fn = func(fd uintptr) bool {
-		for range maxBurst {
-			n, err := unix.Read(int(fd), e.buf)
-			if err == unix.EINTR {
-				continue
+		for tries := 0; tries < maxBurst; {
+			if e.used == e.rb.slots() {
+				e.release()
 			}
+			want := min(maxBurst-tries, e.rb.slots()-e.used)
+			n, err := e.rb.recv(int(fd), e.used, want)
 			if err == unix.EAGAIN {
 				break
 			}
 			if err != nil {
 				e.onErr(reg.f, reg.c, err)
+				tries++
 				continue // the error is cleared; queued datagrams may follow
 			}
-			onData(reg.f, e.buf[:n])
+			for i := e.used; i < e.used+n; i++ {
+				if b, ok := e.rb.datagram(i); ok {
+					onData(reg.f, b)
+				} else {
+					e.onErr(reg.f, reg.c, errTruncated)
+				}
+			}
+			e.used += n
+			tries += n
+			if n < want {
+				break // drained
+			}
 		}
 		return true // never wait in Go's poller: epoll tells us when
 	}
@@ -168,6 +194,16 @@ func (e *epollReaders) unwatch(c *net.UDPConn) {
 	})
 }
 
+// release flushes the handlers' output and frees every slot. Handlers
+// queue output only for datagrams in slots, so with none used there is
+// nothing to flush.
+func (e *epollReaders) release() {
+	if e.used > 0 {
+		e.flush()
+		e.used = 0
+	}
+}
+
 func (e *epollReaders) stop() {
 	e.stopOnce.Do(func() {
 		one := [8]byte{1}
@@ -183,6 +219,7 @@ func (e *epollReaders) stop() {
 // doubled the per-datagram cost.
 func (e *epollReaders) loop() {
 	defer close(e.done)
+	defer e.rb.free()
 	defer unix.Close(e.wakefd)
 	if err := unix.SetNonblock(e.epfd, true); err != nil {
 		e.log.Error("epoll fd: cannot make it non-blocking; upstream replies stop", "err", err)
@@ -212,11 +249,13 @@ func (e *epollReaders) loop() {
 				return true
 			}
 			if n == 0 {
+				e.release() // the wake-up's replies leave together before parking
 				return false
 			}
 			for i := range n {
 				key := eventKey(&events[i])
 				if key == wakeKey {
+					e.release()
 					stop = true
 					return true
 				}

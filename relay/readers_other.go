@@ -10,7 +10,9 @@ import (
 )
 
 // newFlowReaders uses a goroutine per socket where epoll is not available.
-func newFlowReaders(_ *slog.Logger, onErr readErrorHandler) (flowReaders, error) {
+// Handlers run in each socket's goroutine and send at once, so there is
+// nothing to flush.
+func newFlowReaders(_ *slog.Logger, onErr readErrorHandler, _ func()) (flowReaders, error) {
 	return &goReaders{onErr: onErr}, nil
 }
 

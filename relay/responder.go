@@ -31,7 +31,9 @@ const (
 // IP, so the responder cannot be made to reflect to a third party. A
 // request with attributes it does not understand gets 420 (RFC 8489);
 // one with credentials (an ICE check, TURN) is the server's and passes on.
-func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
+// The answer is queued with the listener batch's: slot is the request's
+// slot in it, whose answer buffer holds the answer until the flush.
+func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort, slot int) bool {
 	if !keepalive.LooksLikeSTUN(b) {
 		return false
 	}
@@ -44,27 +46,18 @@ func (u *udpRoute) answerSTUN(b []byte, from netip.AddrPort) bool {
 		u.st.dropSTUNRate.Inc() // consumed, never forwarded: it was a request to us
 		return true
 	}
-	var buf [128]byte
-	var resp []byte
-	to := from
+	buf := &u.answerBufs[slot]
 	switch {
 	case req.NUnknown > 0:
-		resp = keepalive.AppendUnknownAttributes(buf[:0], req)
 		u.st.stunErrors.Inc()
+		u.answersOut.queue(sendReject, from, keepalive.AppendUnknownAttributes(buf[:0], req))
 	default:
-		// No larger than needed: a FINGERPRINT only if the request had one.
-		resp = keepalive.AppendBindingResponse(buf[:0], req.ID, mapped, req.Fingerprint)
+		to := from
 		if req.ResponsePort != 0 {
 			to = netip.AddrPortFrom(from.Addr(), req.ResponsePort)
 		}
-	}
-	if _, err := u.ln.WriteToUDPAddrPort(resp, to); err != nil {
-		u.st.dropClientErr.Inc()
-		u.logError("STUN answer failed", err, "client", from, "to", to)
-		return true
-	}
-	if req.NUnknown == 0 {
-		u.st.stunOK.Inc()
+		// No larger than needed: a FINGERPRINT only if the request had one.
+		u.answersOut.queue(sendAnswer, to, keepalive.AppendBindingResponse(buf[:0], req.ID, mapped, req.Fingerprint))
 	}
 	return true
 }

@@ -17,10 +17,9 @@ import (
 // TPROXY prefers an exact socket match, and sends the replies, so the app
 // sees them come from the peer it addressed.
 func (u *udpRoute) serveIntercepted() {
-	buf := make([]byte, maxDatagram)
-	oob := make([]byte, sockopt.OrigDstOOBSize)
+	rb := u.lnBatch
 	for {
-		n, oobn, _, from, err := u.ln.ReadMsgUDPAddrPort(buf, oob)
+		n, err := rb.read(u.ln)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -28,21 +27,39 @@ func (u *udpRoute) serveIntercepted() {
 			u.logError("listener read failed", err)
 			continue
 		}
-		dst, ok := sockopt.ParseOrigDst(oob[:oobn])
-		if !ok {
-			u.st.dropNoOrigDst.Inc()
-			u.logError("intercepted datagram without its original destination", errNoOrigDst, "client", from)
-			continue
-		}
-		key := flowKey{client: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), dst: dst}
-		f := u.lookup(key)
-		if f == nil {
-			if f = u.newInterceptedFlow(key); f == nil {
+		for i := range n {
+			b, ok := rb.datagram(i)
+			from := rb.from(i)
+			if !ok {
+				u.st.dropClientErr.Inc()
+				u.logError("listener read cut a datagram", errTruncated, "client", from)
 				continue
 			}
+			dst, ok := sockopt.ParseOrigDst(rb.control(i))
+			if !ok {
+				u.st.dropNoOrigDst.Inc()
+				u.logError("intercepted datagram without its original destination", errNoOrigDst, "client", from)
+				continue
+			}
+			key := flowKey{client: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), dst: dst}
+			f := u.lookup(key)
+			if f == nil {
+				if f = u.newInterceptedFlow(key); f == nil {
+					continue
+				}
+			}
+			u.sendUpstream(f, b)
 		}
-		u.sendUpstream(f, buf[:n])
 	}
+}
+
+// lnOOB is the control-message room a listener datagram needs: its
+// original destination on a transparent route.
+func (u *udpRoute) lnOOB() int {
+	if u.route.Transparent {
+		return sockopt.OrigDstOOBSize
+	}
+	return 0
 }
 
 var errNoOrigDst = errors.New("no IP_ORIGDSTADDR control message")

@@ -25,9 +25,9 @@ const maxDatagram = 65536
 const listenReadBuffer = 4 << 20
 
 // udpRoute relays one UDP listener to its upstream. The path of a datagram:
-// serveClients reads it, lookup finds the flow, sendUpstream writes it to
-// the flow's connected socket; replies come back through flowReaders and
-// fromUpstream to the listener.
+// serveClients reads it (in a batch), lookup finds the flow, sendUpstream
+// writes it to the flow's connected socket; replies come back through
+// flowReaders and fromUpstream, and leave the listener in batches.
 type udpRoute struct {
 	route  Route // as configured: name, listen address, upstream, transparency
 	log    *slog.Logger
@@ -64,6 +64,11 @@ type udpRoute struct {
 	refuse  logLimiter
 	errLog  logLimiter
 	events  flowEvents
+
+	lnBatch    *recvBatch  // the listener's receive slots; listener goroutine only
+	answersOut *sendBatch  // STUN answers to clients; listener goroutine only
+	answerBufs [][128]byte // the answers to one listener batch, by slot
+	replies    *sendBatch  // upstream datagrams to clients; flow readers only
 
 	answers     *sourceLimiter // responder: answers per source address; shared by the route's workers
 	answered    atomic.Bool    // some flow's upstream answered a heartbeat
@@ -161,7 +166,7 @@ func newUDPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 		u.up.resolver = markedResolver(u.dialControl)
 	}
 	u.sched.init()
-	if u.readers, err = newFlowReaders(log, u.upstreamError); err != nil {
+	if u.readers, err = newFlowReaders(log, u.upstreamError, u.flushReplies); err != nil {
 		return nil, err
 	}
 	u.st.interval.Set(u.def.opts.Heartbeat.Interval.Seconds())
@@ -202,6 +207,13 @@ func (u *udpRoute) listen(ctx context.Context) error {
 	if _, err := sockopt.SetSendBuffer(u.ln, listenReadBuffer); err != nil {
 		u.log.Debug("could not enlarge listener send buffer", "err", err)
 	}
+	if u.lnBatch, err = newRecvBatch(listenBatch, u.lnOOB()); err != nil {
+		u.ln.Close()
+		return err
+	}
+	u.answersOut = newSendBatch(u.ln, listenBatch, u.log, u.sent)
+	u.answerBufs = make([][128]byte, u.lnBatch.slots())
+	u.replies = newSendBatch(u.ln, replyBatch, u.log, u.sent)
 	u.st.listenerUp.Set(1)
 	return nil
 }
@@ -218,6 +230,7 @@ func (u *udpRoute) start() {
 			go func() { defer u.wg.Done(); l.run(u.ctx) }()
 		}
 	}
+	logGSO(u.log)
 	u.wg.Add(3)
 	go func() { defer u.wg.Done(); u.flushEvents() }()
 	if u.route.Transparent {
@@ -228,11 +241,13 @@ func (u *udpRoute) start() {
 	go func() { defer u.wg.Done(); u.sched.run(u.ctx, u.service) }()
 }
 
-// serveClients reads datagrams from clients and relays them upstream.
+// serveClients reads datagrams from clients, a batch per system call, and
+// relays them upstream in the order they came; the responder's answers
+// to the batch leave together after it.
 func (u *udpRoute) serveClients() {
-	buf := make([]byte, maxDatagram)
+	rb := u.lnBatch
 	for {
-		n, from, err := u.ln.ReadFromUDPAddrPort(buf)
+		n, err := rb.read(u.ln)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -240,20 +255,31 @@ func (u *udpRoute) serveClients() {
 			u.logError("listener read failed", err)
 			continue
 		}
-		b := buf[:n]
-		if u.def.opts.Role == RoleResponder && u.answerSTUN(b, from) {
-			continue
-		}
-		key := flowKey{client: from}
-		f := u.lookup(key)
-		if f == nil {
-			if f = u.newFlow(key, u.def, u.ln); f == nil {
+		for i := range n {
+			b, ok := rb.datagram(i)
+			from := rb.from(i)
+			if !ok {
+				u.st.dropClientErr.Inc()
+				u.logError("listener read cut a datagram", errTruncated, "client", from)
 				continue
 			}
+			if u.def.opts.Role == RoleResponder && u.answerSTUN(b, from, i) {
+				continue
+			}
+			key := flowKey{client: from}
+			f := u.lookup(key)
+			if f == nil {
+				if f = u.newFlow(key, u.def, u.ln); f == nil {
+					continue
+				}
+			}
+			u.sendUpstream(f, b)
 		}
-		u.sendUpstream(f, b)
+		u.answersOut.flush()
 	}
 }
+
+var errTruncated = errors.New("datagram larger than its receive slot")
 
 // sendUpstream writes one application datagram to the flow's upstream and
 // records it as outbound activity (which postpones the next heartbeat).
@@ -398,19 +424,20 @@ func (u *udpRoute) fromUpstream(f *flow, b []byte) {
 	} else {
 		f.lastIn.Store(now)
 	}
-	var err error
 	if f.out == u.ln {
-		_, err = u.ln.WriteToUDPAddrPort(b, f.key.client)
-	} else {
-		_, err = f.out.Write(b) // a transparent flow's own socket, connected to the client
-	}
-	if err != nil {
-		u.st.dropClientErr.Inc()
-		u.logError("send to client failed", err, "client", f.key.client)
+		u.replies.queue(sendReply, f.key.client, b) // sent when the readers flush
 		return
 	}
-	u.st.dgDown.Inc()
-	u.st.bytesDown.Add(float64(len(b)))
+	_, err := f.out.Write(b) // a transparent flow's own socket, connected to the client
+	u.sent(sendReply, f.key.client, len(b), err)
+}
+
+// flushReplies sends the replies fromUpstream queued for the listener;
+// the flow readers call it when their batch is done.
+func (u *udpRoute) flushReplies() {
+	if u.replies != nil {
+		u.replies.flush()
+	}
 }
 
 // service runs the flow's timers: expiry and heartbeats. It returns when to
@@ -507,6 +534,9 @@ func (u *udpRoute) close() {
 	u.cancel()
 	u.wg.Wait()
 	u.readers.stop()
+	if u.lnBatch != nil {
+		u.lnBatch.free() // after wg.Wait: the listener goroutine has ended
+	}
 }
 
 // flowCount returns the number of open flows.

@@ -29,6 +29,7 @@ type tcpRoute struct {
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // bypass mark in transparent mode
 	budget          *budget                                                // the relay's, shared by every route
+	park            *tcpPoller                                             // idle connections wait here without goroutines (Linux)
 	lnKeepalive     sockopt.Keepalive                                      // keepalive set on the listener, which accepted sockets inherit; zero: none
 
 	mu                   sync.Mutex
@@ -72,6 +73,7 @@ type proxyConn struct {
 	active           atomic.Int64   // mono time of the last burst either way (only with an idle timeout)
 	live             liveBytes      // share of natkeep_tcp_bytes_total while open
 	idled            atomic.Bool    // closed by the idle timeout
+	wake             func()         // after closing the sockets: lets parked directions see it (nil: none parked); guarded by tcpRoute.mu
 }
 
 func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics, b *budget) (*tcpRoute, error) {
@@ -105,6 +107,10 @@ func (t *tcpRoute) listen(ctx context.Context) error {
 	lc := net.ListenConfig{KeepAlive: -1}
 	l, err := lc.Listen(ctx, "tcp", t.route.Listen)
 	if err != nil {
+		return err
+	}
+	if t.park, err = newTCPPoller(t.log); err != nil {
+		l.Close()
 		return err
 	}
 	t.ln = l.(*net.TCPListener)
@@ -181,6 +187,9 @@ func (t *tcpRoute) closeIdle(tick time.Duration) {
 			if d := pc.class.opts.IdleTimeout; d > 0 && pc.upstream != nil && now-pc.active.Load() >= int64(d) && !pc.idled.Swap(true) {
 				pc.client.Close()
 				pc.upstream.Close()
+				if pc.wake != nil {
+					pc.wake()
+				}
 			}
 		}
 		t.mu.Unlock()
@@ -254,10 +263,9 @@ func applyOptions(c *net.TCPConn, o *TCPOptions, inherited sockopt.Keepalive) er
 	return nil
 }
 
-// serve dials the upstream and copies both ways until both sides are done.
+// serve dials the upstream and hands the connection to proxy, which copies
+// both ways until both sides are done.
 func (t *tcpRoute) serve(pc *proxyConn) {
-	defer t.wg.Done()
-	defer t.forget(pc)
 	client := pc.client
 	opt := &pc.class.opts
 	var addr netip.AddrPort
@@ -266,7 +274,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 			// Not an intercepted connection (someone dialed the
 			// listener directly): there is nowhere to relay it.
 			resetClose(client)
-			t.end(pc, copyOutcome{reason: endDialError, err: fmt.Errorf("no original destination: %w", pc.dstErr)})
+			t.ended(pc, copyOutcome{reason: endDialError, err: fmt.Errorf("no original destination: %w", pc.dstErr)})
 			return
 		}
 		addr = pc.dst
@@ -274,7 +282,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 		var ok bool
 		if addr, ok = t.up.Addr(); !ok {
 			resetClose(client)
-			t.end(pc, copyOutcome{reason: endDialError, err: errUnresolved})
+			t.ended(pc, copyOutcome{reason: endDialError, err: errUnresolved})
 			return
 		}
 	}
@@ -287,7 +295,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	if err != nil {
 		// Reset, not FIN: the app must see a failure, not an empty reply.
 		resetClose(client)
-		t.end(pc, copyOutcome{reason: endDialError, err: err})
+		t.ended(pc, copyOutcome{reason: endDialError, err: err})
 		return
 	}
 	t.st.dial.Observe(time.Since(dialStart).Seconds())
@@ -310,11 +318,17 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 		active = &pc.active
 		pc.active.Store(mono())
 	}
-	o := proxyCopy(client, up, bound, active)
+	t.proxy(pc, up, bound, active) // calls t.ended, now or once the connection is done
+}
+
+// ended records why a connection ended and lets it go.
+func (t *tcpRoute) ended(pc *proxyConn, o copyOutcome) {
 	if pc.idled.Load() {
 		o.reason, o.drainedTo = endIdle, ""
 	}
 	t.end(pc, o)
+	t.forget(pc)
+	t.wg.Done()
 }
 
 // copyResult is one direction's outcome.
@@ -337,103 +351,137 @@ type copyOutcome struct {
 // the route has no user timeout.
 const defaultDrainBound = 5 * time.Second
 
-// proxyCopy copies both ways on the bare *net.TCPConns, so the kernel
-// splices (spliceCopy). A clean EOF is passed on as a half-close
-// (CloseWrite). When one side fails (reset, keepalive or user timeout), the
-// other side first gets everything natkeep already accepted for it: what is
-// still queued on the failed socket is copied over, and the surviving
-// socket's send queue drains (all within drainBound); then both are reset,
-// so the application still sees the failure instead of an ordinary close,
-// but never loses bytes the failed peer had delivered.
-func proxyCopy(client, up *net.TCPConn, drainBound time.Duration, active *atomic.Int64) (o copyOutcome) {
-	var (
-		mu       sync.Mutex
-		failed   bool
-		dead     *net.TCPConn // the failed side, once known
-		alive    *net.TCPConn // the other side
-		deadline time.Time    // end of the drain
-		bounded  *time.Timer  // resets both if the other copy outlives the drain
-	)
-	// finish records one direction's end: a clean EOF is passed on as a
-	// half-close; the first failure decides which side is dead.
-	finish := func(r copyResult) {
-		mu.Lock()
-		switch {
-		case failed:
-			// The other direction ended after the failure.
-			mu.Unlock()
-			return
-		case r.err == nil:
-			if r.toUpstream {
-				if o.reason == "" {
-					o.reason = endClientClosed
-				}
-				_ = up.CloseWrite()
-			} else {
-				if o.reason == "" {
-					o.reason = endUpstreamClosed
-				}
-				_ = client.CloseWrite()
-			}
-			mu.Unlock()
-			return
-		}
-		failed = true
-		o.err = r.err
-		var upFailed bool
-		o.reason, upFailed = classify(client, up, r)
-		dead, alive, o.drainedTo = client, up, "upstream"
-		if upFailed {
-			dead, alive, o.drainedTo = up, client, "client"
-		}
-		deadline = time.Now().Add(drainBound)
-		// This copy read the dead socket to its end when it failed on its
-		// source: the other copy reads the survivor, to write to the dead
-		// socket, and only resetting the survivor ends it, so drain and
-		// reset now. When this copy failed writing to the dead socket, the
-		// other copy still carries what is queued on it to the survivor,
-		// and ends by itself once that is delivered: the drain waits for it.
-		now := r.toUpstream != upFailed || o.reason == endDrain
-		if !now {
-			// Bound the wait for the other copy.
-			bounded = time.AfterFunc(drainBound, func() { resetClose(alive); resetClose(dead) })
-			mu.Unlock()
-			return
-		}
-		mu.Unlock()
-		if o.reason == endDrain {
-			o.drainedTo = "" // natkeep itself closed the sockets (shutdown)
-		} else {
-			o.discarded = drainSendQueue(alive, drainBound)
-		}
-		resetClose(dead)
-		resetClose(alive)
+// teardown decides how a proxied connection ends from the results of its
+// two directions; both ways of running the copies (a goroutine per
+// direction, or directions parked in epoll while idle) report to it. A
+// clean EOF is passed on as a half-close (CloseWrite). When one side fails
+// (reset, keepalive or user timeout), the other side first gets everything
+// natkeep already accepted for it: what is still queued on the failed
+// socket is copied over, and the surviving socket's send queue drains (all
+// within drainBound); then both are reset, so the application still sees
+// the failure instead of an ordinary close, but never loses bytes the
+// failed peer had delivered.
+type teardown struct {
+	client, up *net.TCPConn
+	drainBound time.Duration
+	// wake, when not nil, runs after teardown itself has reset both
+	// sockets: a direction parked without a goroutine would not notice.
+	wake func()
+
+	mu       sync.Mutex
+	o        copyOutcome
+	failed   bool
+	dead     *net.TCPConn // the failed side, once known
+	alive    *net.TCPConn // the other side
+	deadline time.Time    // end of the drain
+	bounded  *time.Timer  // resets both if the other copy outlives the drain
+}
+
+// finish records one direction's end: a clean EOF is passed on as a
+// half-close; the first failure decides which side is dead.
+func (d *teardown) finish(r copyResult) {
+	d.mu.Lock()
+	if r.toUpstream {
+		d.o.toUp = r.n
+	} else {
+		d.o.toDown = r.n
 	}
-	// One direction in a new goroutine, the other in this one.
-	upDone := make(chan int64, 1)
-	go func() {
-		n, err := spliceCopy(up, client, active)
-		finish(copyResult{toUpstream: true, n: n, err: err})
-		upDone <- n
-	}()
-	n, cerr := spliceCopy(client, up, active)
-	finish(copyResult{toUpstream: false, n: n, err: cerr})
-	o.toDown = n
-	o.toUp = <-upDone
+	switch {
+	case d.failed:
+		// The other direction ended after the failure.
+		d.mu.Unlock()
+		return
+	case r.err == nil:
+		if r.toUpstream {
+			if d.o.reason == "" {
+				d.o.reason = endClientClosed
+			}
+			_ = d.up.CloseWrite()
+		} else {
+			if d.o.reason == "" {
+				d.o.reason = endUpstreamClosed
+			}
+			_ = d.client.CloseWrite()
+		}
+		d.mu.Unlock()
+		return
+	}
+	d.failed = true
+	d.o.err = r.err
+	var upFailed bool
+	d.o.reason, upFailed = classify(d.client, d.up, r)
+	d.dead, d.alive, d.o.drainedTo = d.client, d.up, "upstream"
+	if upFailed {
+		d.dead, d.alive, d.o.drainedTo = d.up, d.client, "client"
+	}
+	d.deadline = time.Now().Add(d.drainBound)
+	// This copy read the dead socket to its end when it failed on its
+	// source: the other copy reads the survivor, to write to the dead
+	// socket, and only resetting the survivor ends it, so drain and
+	// reset now. When this copy failed writing to the dead socket, the
+	// other copy still carries what is queued on it to the survivor,
+	// and ends by itself once that is delivered: the drain waits for it.
+	now := r.toUpstream != upFailed || d.o.reason == endDrain
+	dead, alive := d.dead, d.alive
+	if !now {
+		// Bound the wait for the other copy.
+		d.bounded = time.AfterFunc(d.drainBound, func() { resetClose(alive); resetClose(dead); d.woke() })
+		d.mu.Unlock()
+		return
+	}
+	if d.o.reason == endDrain {
+		d.o.drainedTo = "" // natkeep itself closed the sockets (shutdown)
+		d.mu.Unlock()
+	} else {
+		d.mu.Unlock()
+		// The other direction only ever reads the fields it sets in
+		// finish, which returns early now that failed is set.
+		discarded := drainSendQueue(alive, d.drainBound)
+		d.mu.Lock()
+		d.o.discarded = discarded
+		d.mu.Unlock()
+	}
+	resetClose(dead)
+	resetClose(alive)
+	d.woke()
+}
+
+func (d *teardown) woke() {
+	if d.wake != nil {
+		d.wake()
+	}
+}
+
+// blocks reports whether done may wait (a drain) or log a failure: the
+// epoll goroutine hands such an end to a goroutine of its own.
+func (d *teardown) blocks() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.failed
+}
+
+// done runs once both directions have finished: it closes what is still
+// open and returns how the connection ended.
+func (d *teardown) done() copyOutcome {
+	d.mu.Lock()
+	failed, bounded := d.failed, d.bounded
+	d.mu.Unlock()
 	switch {
 	case !failed:
-		client.Close()
-		up.Close()
+		d.client.Close()
+		d.up.Close()
 	case bounded != nil:
 		if bounded.Stop() {
-			o.discarded = drainSendQueue(alive, time.Until(deadline))
+			d.o.discarded = drainSendQueue(d.alive, time.Until(d.deadline))
 		} else {
-			o.discarded = -1 // the bound passed while copying: both were reset, the loss is unknown
+			d.o.discarded = -1 // the bound passed while copying: both were reset, the loss is unknown
 		}
-		resetClose(dead)
-		resetClose(alive)
+		resetClose(d.dead)
+		resetClose(d.alive)
 	}
-	return o
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.o
 }
 
 // drainSendQueue waits until c's peer has acknowledged everything in c's
@@ -587,6 +635,9 @@ func (t *tcpRoute) resetAll() int {
 		if pc.upstream != nil {
 			resetClose(pc.upstream)
 		}
+		if pc.wake != nil {
+			pc.wake()
+		}
 	}
 	t.mu.Unlock()
 	return n
@@ -598,6 +649,9 @@ func (t *tcpRoute) close() {
 	t.resetAll()
 	t.cancel()
 	t.wg.Wait()
+	if t.park != nil {
+		t.park.stop() // after every connection is done: none is parked
+	}
 }
 
 func (t *tcpRoute) connCount() int {

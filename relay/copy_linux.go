@@ -42,6 +42,14 @@ const (
 	// one half before a goroutine takes over, so one bulk transfer cannot
 	// hold up the other connections.
 	inlineRounds = 4
+	// bulkBurst is a burst large enough to hand the half from the epoll
+	// goroutine to a goroutine of its own, like a full destination does.
+	bulkBurst = 64 << 10
+	// linger is how long a half's goroutine waits in Go's poller for more
+	// data before it parks the half and ends: while data flows, a burst
+	// then costs no epoll_ctl and no hand-over, and a connection that
+	// falls silent holds the goroutine this long at most.
+	linger = 50 * time.Millisecond
 )
 
 // tcpPoller is one route's epoll set of parked halves and its goroutine,
@@ -87,7 +95,7 @@ type half struct {
 	pipe    *splicePipe // borrowed while a burst is in it
 	queued  int         // bytes in pipe
 	short   bool        // the last read did not fill the pipe: the source is likely drained
-	wait    bool        // flush may wait in Go's poller for the destination
+	wait    bool        // flush (and fill) may wait in Go's poller
 	blocked bool        // flush found the destination full and could not wait
 	got     int         // result of the last fill
 	err     error       // of the last fill or flush
@@ -259,16 +267,16 @@ func (h *half) run(inLoop bool) {
 				return
 			}
 		}
-		if h.short || (inLoop && round >= inlineRounds) {
-			if h.short {
-				// Arming re-checks readiness: if more arrived meanwhile
-				// the event comes at once, so no read to see EAGAIN.
-				h.short = false
-				h.putPipe()
-				h.park(inLoop)
-			} else {
-				go h.run(false) // a bulk transfer: off the epoll goroutine
-			}
+		if inLoop && (round >= inlineRounds || h.got >= bulkBurst) {
+			go h.run(false) // a bulk transfer: off the epoll goroutine
+			return
+		}
+		if inLoop && h.short {
+			// Arming re-checks readiness: if more arrived meanwhile the
+			// event comes at once, so no read to see EAGAIN.
+			h.short = false
+			h.putPipe()
+			h.park(inLoop)
 			return
 		}
 		if h.pipe == nil {
@@ -278,8 +286,18 @@ func (h *half) run(inLoop bool) {
 				return
 			}
 		}
-		h.got, h.err = 0, nil
+		h.got, h.err, h.wait = 0, nil, !inLoop
+		if h.wait {
+			_ = h.src.SetReadDeadline(time.Now().Add(linger))
+		}
 		if err := h.srcRC.Read(h.fill); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Silent for linger: give the goroutine up.
+				_ = h.src.SetReadDeadline(time.Time{})
+				h.putPipe()
+				h.park(inLoop)
+				return
+			}
 			h.end(err, inLoop)
 			return
 		}
@@ -304,12 +322,17 @@ func (h *half) run(inLoop bool) {
 	}
 }
 
-// fillFn splices what the source has queued into the pipe; it never waits.
+// fillFn splices what the source has queued into the pipe. With nothing
+// queued it waits in Go's poller only in a half's own goroutine (h.wait),
+// under the linger deadline; the epoll goroutine never waits.
 func (h *half) fillFn(fd uintptr) bool {
 	for {
 		n, err := unix.Splice(int(fd), nil, h.pipe.w, nil, h.pipe.size, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		if err == unix.EINTR {
 			continue
+		}
+		if err == unix.EAGAIN && h.wait {
+			return false
 		}
 		h.got, h.err = int(n), err
 		return true

@@ -179,11 +179,12 @@ func (p *tcpPoller) conn(client, up *net.TCPConn, drainBound time.Duration, acti
 	return c, nil
 }
 
-// start parks the upstream's half and runs the client's at once: a client
-// usually sent its request while natkeep dialed.
+// start parks the upstream's half and runs the client's at once without
+// waiting (a client usually sent its request while natkeep dialed), so the
+// connection's goroutine ends here unless the upstream is slow to take it.
 func (c *parkedConn) start() {
 	c.h[1].park(false)
-	c.h[0].run(false)
+	c.h[0].run(true)
 }
 
 // newKey returns a key that neither the eventfd nor a live half holds;
@@ -221,7 +222,7 @@ func (c *parkedConn) wake() {
 
 // park gives the half up to the epoll set until its source is readable.
 // The state changes first: once armed, the event may be taken at once.
-func (h *half) park(inLoop bool) {
+func (h *half) park(nowait bool) {
 	op := unix.EPOLL_CTL_MOD
 	if !h.armed {
 		op, h.armed = unix.EPOLL_CTL_ADD, true
@@ -244,22 +245,22 @@ func (h *half) park(inLoop bool) {
 	if err == nil {
 		err = os.NewSyscallError("epoll_ctl", cerr)
 	}
-	h.end(err, inLoop) // Control fails on a closed socket: ErrClosed, as a read would
+	h.end(err, nowait) // Control fails on a closed socket: ErrClosed, as a read would
 }
 
 // run copies bursts until the source would block, then parks the half;
-// inLoop: run by the epoll goroutine, which must not wait, so a
-// destination that is full hands the half to a goroutine.
-func (h *half) run(inLoop bool) {
+// nowait: run by the epoll goroutine (or at the start), which must not
+// wait, so a destination that is full hands the half to a goroutine.
+func (h *half) run(nowait bool) {
 	for round := 0; ; round++ {
 		if h.queued > 0 {
-			h.wait, h.blocked, h.err = !inLoop, false, nil
+			h.wait, h.blocked, h.err = !nowait, false, nil
 			if err := h.dstRC.Write(h.flush); err != nil {
-				h.end(err, inLoop)
+				h.end(err, nowait)
 				return
 			}
 			if h.err != nil {
-				h.end(os.NewSyscallError("splice", h.err), inLoop)
+				h.end(os.NewSyscallError("splice", h.err), nowait)
 				return
 			}
 			if h.blocked {
@@ -267,26 +268,26 @@ func (h *half) run(inLoop bool) {
 				return
 			}
 		}
-		if inLoop && (round >= inlineRounds || h.got >= bulkBurst) {
+		if nowait && (round >= inlineRounds || h.got >= bulkBurst) {
 			go h.run(false) // a bulk transfer: off the epoll goroutine
 			return
 		}
-		if inLoop && h.short {
+		if nowait && h.short {
 			// Arming re-checks readiness: if more arrived meanwhile the
 			// event comes at once, so no read to see EAGAIN.
 			h.short = false
 			h.putPipe()
-			h.park(inLoop)
+			h.park(nowait)
 			return
 		}
 		if h.pipe == nil {
 			var err error
 			if h.pipe, err = h.c.p.getPipe(); err != nil {
-				h.end(err, inLoop)
+				h.end(err, nowait)
 				return
 			}
 		}
-		h.got, h.err, h.wait = 0, nil, !inLoop
+		h.got, h.err, h.wait = 0, nil, !nowait
 		if h.wait {
 			_ = h.src.SetReadDeadline(time.Now().Add(linger))
 		}
@@ -295,22 +296,22 @@ func (h *half) run(inLoop bool) {
 				// Silent for linger: give the goroutine up.
 				_ = h.src.SetReadDeadline(time.Time{})
 				h.putPipe()
-				h.park(inLoop)
+				h.park(nowait)
 				return
 			}
-			h.end(err, inLoop)
+			h.end(err, nowait)
 			return
 		}
 		switch {
 		case h.err == unix.EAGAIN:
 			h.putPipe()
-			h.park(inLoop)
+			h.park(nowait)
 			return
 		case h.err != nil:
-			h.end(os.NewSyscallError("splice", h.err), inLoop)
+			h.end(os.NewSyscallError("splice", h.err), nowait)
 			return
 		case h.got == 0:
-			h.end(nil, inLoop) // orderly end of stream
+			h.end(nil, nowait) // orderly end of stream
 			return
 		}
 		if h.c.active != nil {
@@ -368,8 +369,8 @@ func (h *half) flushFn(fd uintptr) bool {
 // end reports the half's end to the teardown; err nil is a clean EOF. The
 // epoll goroutine passes failures on to a goroutine: the teardown may drain
 // for seconds.
-func (h *half) end(err error, inLoop bool) {
-	if err != nil && inLoop {
+func (h *half) end(err error, nowait bool) {
+	if err != nil && nowait {
 		go h.end(err, false)
 		return
 	}
@@ -387,7 +388,7 @@ func (h *half) end(err error, inLoop bool) {
 	if !last {
 		return
 	}
-	if inLoop && c.td.blocks() {
+	if nowait && c.td.blocks() {
 		go c.ended(c.td.done())
 		return
 	}

@@ -223,6 +223,7 @@ func (c *parkedConn) wake() {
 // park gives the half up to the epoll set until its source is readable.
 // The state changes first: once armed, the event may be taken at once.
 func (h *half) park(nowait bool) {
+	h.short, h.got = false, 0 // the next owner starts with a read
 	op := unix.EPOLL_CTL_MOD
 	if !h.armed {
 		op, h.armed = unix.EPOLL_CTL_ADD, true

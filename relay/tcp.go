@@ -392,16 +392,25 @@ func (d *teardown) finish(r copyResult) {
 		d.mu.Unlock()
 		return
 	case r.err == nil:
+		// The second clean EOF needs no half-close: done closes both
+		// sockets next, and Close sends the same FIN (the other direction
+		// read its source to the end, so nothing unread turns it into a
+		// reset), one shutdown call fewer per connection.
+		last := d.o.reason != ""
 		if r.toUpstream {
 			if d.o.reason == "" {
 				d.o.reason = endClientClosed
 			}
-			_ = d.up.CloseWrite()
+			if !last {
+				_ = d.up.CloseWrite()
+			}
 		} else {
 			if d.o.reason == "" {
 				d.o.reason = endUpstreamClosed
 			}
-			_ = d.client.CloseWrite()
+			if !last {
+				_ = d.client.CloseWrite()
+			}
 		}
 		d.mu.Unlock()
 		return

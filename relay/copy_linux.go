@@ -19,17 +19,18 @@ import (
 // and writing the other. A half that waits for data holds no goroutine: its
 // source socket is parked in the route's epoll set (EPOLLONESHOT). When it
 // becomes readable, the epoll goroutine splices what is queued through a
-// pipe borrowed from a small pool and parks the half again; only when the
-// destination cannot take it all (or a bulk transfer keeps the source full)
-// does a goroutine take the half over, waiting in Go's poller for the
-// destination, until the source would block. Ends go to the teardown, as
-// they do where each direction has a goroutine (copy_other.go).
+// pipe borrowed from a small pool and parks the half again. Only when the
+// destination cannot take it all, or a burst is bulk-sized, does a
+// goroutine take the half over: it waits in Go's poller for the
+// destination, and for more data while it keeps coming (up to linger),
+// then parks the half and ends. Ends go to the teardown, as they do where
+// each direction has a goroutine (copy_other.go).
 //
 // Sockets stay *net.TCPConns (Close, CloseWrite and the teardown keep Go's
-// safety): every access goes through syscall.RawConn with a callback that
-// never waits for reading, so Close never races a reused descriptor, and
-// once a socket is closed every later access fails, which is how a half
-// learns that natkeep closed it.
+// safety): every access goes through syscall.RawConn, whose callbacks never
+// wait in the epoll goroutine, so Close never races a reused descriptor,
+// and once a socket is closed every later access fails, which is how a
+// half learns that natkeep closed it.
 
 const (
 	// pipeSize is what each pipe is grown to, as Go's own splice pipes

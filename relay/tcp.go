@@ -29,6 +29,8 @@ type tcpRoute struct {
 	resolveInterval time.Duration
 	dialControl     func(network, address string, c syscall.RawConn) error // bypass mark in transparent mode
 	budget          *budget                                                // the relay's, shared by every route
+	park            *tcpPoller                                             // idle connections wait here without goroutines (Linux)
+	lnKeepalive     sockopt.Keepalive                                      // keepalive set on the listener, which accepted sockets inherit; zero: none
 
 	mu                   sync.Mutex
 	conns                map[*proxyConn]struct{}
@@ -71,6 +73,7 @@ type proxyConn struct {
 	active           atomic.Int64   // mono time of the last burst either way (only with an idle timeout)
 	live             liveBytes      // share of natkeep_tcp_bytes_total while open
 	idled            atomic.Bool    // closed by the idle timeout
+	wake             func()         // after closing the sockets: lets parked directions see it (nil: none parked); guarded by tcpRoute.mu
 }
 
 func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, log *slog.Logger, m *Metrics, b *budget) (*tcpRoute, error) {
@@ -106,10 +109,39 @@ func (t *tcpRoute) listen(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if t.park, err = newTCPPoller(t.log); err != nil {
+		l.Close()
+		return err
+	}
 	t.ln = l.(*net.TCPListener)
+	t.inheritKeepalive()
 	t.accepting = true
 	t.st.listenerUp.Set(1)
 	return nil
+}
+
+// inheritKeepalive sets the keepalive options on the listener when every
+// class of the route has the same ones: Linux copies them (SO_KEEPALIVE,
+// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) into each accepted socket, which
+// saves four setsockopt calls per connection. TCP_USER_TIMEOUT is not
+// inherited (the kernel refuses it on a listener), so applyOptions still sets
+// it. Where the listener does not take them, every connection gets them as
+// before.
+func (t *tcpRoute) inheritKeepalive() {
+	k := t.def.opts.Keepalive
+	for _, c := range t.rules {
+		if c.opts.Keepalive != k {
+			return // the accepted socket's rule decides: set per connection
+		}
+	}
+	if k.Idle <= 0 {
+		return
+	}
+	if err := sockopt.SetKeepalive(t.ln, k); err != nil {
+		t.log.Debug("keepalive on the listener not inherited; set per connection", "err", err)
+		return
+	}
+	t.lnKeepalive = k
 }
 
 func (t *tcpRoute) start() {
@@ -155,6 +187,9 @@ func (t *tcpRoute) closeIdle(tick time.Duration) {
 			if d := pc.class.opts.IdleTimeout; d > 0 && pc.upstream != nil && now-pc.active.Load() >= int64(d) && !pc.idled.Swap(true) {
 				pc.client.Close()
 				pc.upstream.Close()
+				if pc.wake != nil {
+					pc.wake()
+				}
 			}
 		}
 		t.mu.Unlock()
@@ -210,10 +245,12 @@ func (t *tcpRoute) acceptLoop() {
 	}
 }
 
-// applyOptions sets keepalive and TCP_USER_TIMEOUT on one socket. Accepted
-// sockets do not inherit TCP_USER_TIMEOUT, so both sides get it here.
-func applyOptions(c *net.TCPConn, o *TCPOptions) error {
-	if o.Keepalive.Idle > 0 {
+// applyOptions sets keepalive and TCP_USER_TIMEOUT on one socket; keepalive
+// only when the socket has not inherited the same from the listener
+// (inherited: the listener's, or zero). Accepted sockets do not inherit
+// TCP_USER_TIMEOUT, so both sides get it here.
+func applyOptions(c *net.TCPConn, o *TCPOptions, inherited sockopt.Keepalive) error {
+	if o.Keepalive.Idle > 0 && o.Keepalive != inherited {
 		if err := sockopt.SetKeepalive(c, o.Keepalive); err != nil {
 			return err
 		}
@@ -226,10 +263,9 @@ func applyOptions(c *net.TCPConn, o *TCPOptions) error {
 	return nil
 }
 
-// serve dials the upstream and copies both ways until both sides are done.
+// serve dials the upstream and hands the connection to proxy, which copies
+// both ways until both sides are done.
 func (t *tcpRoute) serve(pc *proxyConn) {
-	defer t.wg.Done()
-	defer t.forget(pc)
 	client := pc.client
 	opt := &pc.class.opts
 	var addr netip.AddrPort
@@ -238,7 +274,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 			// Not an intercepted connection (someone dialed the
 			// listener directly): there is nowhere to relay it.
 			resetClose(client)
-			t.end(pc, copyOutcome{reason: endDialError, err: fmt.Errorf("no original destination: %w", pc.dstErr)})
+			t.ended(pc, copyOutcome{reason: endDialError, err: fmt.Errorf("no original destination: %w", pc.dstErr)})
 			return
 		}
 		addr = pc.dst
@@ -246,11 +282,11 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 		var ok bool
 		if addr, ok = t.up.Addr(); !ok {
 			resetClose(client)
-			t.end(pc, copyOutcome{reason: endDialError, err: errUnresolved})
+			t.ended(pc, copyOutcome{reason: endDialError, err: errUnresolved})
 			return
 		}
 	}
-	if err := applyOptions(client, opt); err != nil {
+	if err := applyOptions(client, opt, t.lnKeepalive); err != nil {
 		t.warn("cannot set socket options on client connection", "err", err)
 	}
 	d := net.Dialer{Timeout: opt.ConnectTimeout, KeepAlive: -1, Control: t.dialControl}
@@ -259,7 +295,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	if err != nil {
 		// Reset, not FIN: the app must see a failure, not an empty reply.
 		resetClose(client)
-		t.end(pc, copyOutcome{reason: endDialError, err: err})
+		t.ended(pc, copyOutcome{reason: endDialError, err: err})
 		return
 	}
 	t.st.dial.Observe(time.Since(dialStart).Seconds())
@@ -267,7 +303,7 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 	t.mu.Lock()
 	pc.upstream = up
 	t.mu.Unlock()
-	if err := applyOptions(up, opt); err != nil {
+	if err := applyOptions(up, opt, sockopt.Keepalive{}); err != nil {
 		t.warn("cannot set socket options on upstream connection", "err", err)
 	}
 	if testHookProxying != nil {
@@ -282,11 +318,17 @@ func (t *tcpRoute) serve(pc *proxyConn) {
 		active = &pc.active
 		pc.active.Store(mono())
 	}
-	o := proxyCopy(client, up, bound, active)
+	t.proxy(pc, up, bound, active) // calls t.ended, now or once the connection is done
+}
+
+// ended records why a connection ended and lets it go.
+func (t *tcpRoute) ended(pc *proxyConn, o copyOutcome) {
 	if pc.idled.Load() {
 		o.reason, o.drainedTo = endIdle, ""
 	}
 	t.end(pc, o)
+	t.forget(pc)
+	t.wg.Done()
 }
 
 // copyResult is one direction's outcome.
@@ -309,103 +351,146 @@ type copyOutcome struct {
 // the route has no user timeout.
 const defaultDrainBound = 5 * time.Second
 
-// proxyCopy copies both ways on the bare *net.TCPConns, so the kernel
-// splices (spliceCopy). A clean EOF is passed on as a half-close
-// (CloseWrite). When one side fails (reset, keepalive or user timeout), the
-// other side first gets everything natkeep already accepted for it: what is
-// still queued on the failed socket is copied over, and the surviving
-// socket's send queue drains (all within drainBound); then both are reset,
-// so the application still sees the failure instead of an ordinary close,
-// but never loses bytes the failed peer had delivered.
-func proxyCopy(client, up *net.TCPConn, drainBound time.Duration, active *atomic.Int64) (o copyOutcome) {
-	var (
-		mu       sync.Mutex
-		failed   bool
-		dead     *net.TCPConn // the failed side, once known
-		alive    *net.TCPConn // the other side
-		deadline time.Time    // end of the drain
-		bounded  *time.Timer  // resets both if the other copy outlives the drain
-	)
-	// finish records one direction's end: a clean EOF is passed on as a
-	// half-close; the first failure decides which side is dead.
-	finish := func(r copyResult) {
-		mu.Lock()
-		switch {
-		case failed:
-			// The other direction ended after the failure.
-			mu.Unlock()
-			return
-		case r.err == nil:
-			if r.toUpstream {
-				if o.reason == "" {
-					o.reason = endClientClosed
-				}
-				_ = up.CloseWrite()
-			} else {
-				if o.reason == "" {
-					o.reason = endUpstreamClosed
-				}
-				_ = client.CloseWrite()
-			}
-			mu.Unlock()
-			return
-		}
-		failed = true
-		o.err = r.err
-		var upFailed bool
-		o.reason, upFailed = classify(client, up, r)
-		dead, alive, o.drainedTo = client, up, "upstream"
-		if upFailed {
-			dead, alive, o.drainedTo = up, client, "client"
-		}
-		deadline = time.Now().Add(drainBound)
-		// This copy read the dead socket to its end when it failed on its
-		// source: the other copy reads the survivor, to write to the dead
-		// socket, and only resetting the survivor ends it, so drain and
-		// reset now. When this copy failed writing to the dead socket, the
-		// other copy still carries what is queued on it to the survivor,
-		// and ends by itself once that is delivered: the drain waits for it.
-		now := r.toUpstream != upFailed || o.reason == endDrain
-		if !now {
-			// Bound the wait for the other copy.
-			bounded = time.AfterFunc(drainBound, func() { resetClose(alive); resetClose(dead) })
-			mu.Unlock()
-			return
-		}
-		mu.Unlock()
-		if o.reason == endDrain {
-			o.drainedTo = "" // natkeep itself closed the sockets (shutdown)
-		} else {
-			o.discarded = drainSendQueue(alive, drainBound)
-		}
-		resetClose(dead)
-		resetClose(alive)
+// teardown decides how a proxied connection ends from the results of its
+// two directions; both ways of running the copies (a goroutine per
+// direction, or directions parked in epoll while idle) report to it. A
+// clean EOF is passed on as a half-close (CloseWrite). When one side fails
+// (reset, keepalive or user timeout), the other side first gets everything
+// natkeep already accepted for it: what is still queued on the failed
+// socket is copied over, and the surviving socket's send queue drains (all
+// within drainBound); then both are reset, so the application still sees
+// the failure instead of an ordinary close, but never loses bytes the
+// failed peer had delivered.
+type teardown struct {
+	client, up *net.TCPConn
+	drainBound time.Duration
+	// wake, when not nil, runs after teardown itself has reset both
+	// sockets: a direction parked without a goroutine would not notice.
+	wake func()
+
+	mu       sync.Mutex
+	o        copyOutcome
+	failed   bool
+	dead     *net.TCPConn // the failed side, once known
+	alive    *net.TCPConn // the other side
+	deadline time.Time    // end of the drain
+	bounded  *time.Timer  // resets both if the other copy outlives the drain
+}
+
+// finish records one direction's end: a clean EOF is passed on as a
+// half-close; the first failure decides which side is dead.
+func (d *teardown) finish(r copyResult) {
+	d.mu.Lock()
+	if r.toUpstream {
+		d.o.toUp = r.n
+	} else {
+		d.o.toDown = r.n
 	}
-	// One direction in a new goroutine, the other in this one.
-	upDone := make(chan int64, 1)
-	go func() {
-		n, err := spliceCopy(up, client, active)
-		finish(copyResult{toUpstream: true, n: n, err: err})
-		upDone <- n
-	}()
-	n, cerr := spliceCopy(client, up, active)
-	finish(copyResult{toUpstream: false, n: n, err: cerr})
-	o.toDown = n
-	o.toUp = <-upDone
+	switch {
+	case d.failed:
+		// The other direction ended after the failure.
+		d.mu.Unlock()
+		return
+	case r.err == nil:
+		// The second clean EOF needs no half-close: done closes both
+		// sockets next, and Close sends the same FIN (the other direction
+		// read its source to the end, so nothing unread turns it into a
+		// reset), one shutdown call fewer per connection.
+		last := d.o.reason != ""
+		if r.toUpstream {
+			if d.o.reason == "" {
+				d.o.reason = endClientClosed
+			}
+			if !last {
+				_ = d.up.CloseWrite()
+			}
+		} else {
+			if d.o.reason == "" {
+				d.o.reason = endUpstreamClosed
+			}
+			if !last {
+				_ = d.client.CloseWrite()
+			}
+		}
+		d.mu.Unlock()
+		return
+	}
+	d.failed = true
+	d.o.err = r.err
+	var upFailed bool
+	d.o.reason, upFailed = classify(d.client, d.up, r)
+	d.dead, d.alive, d.o.drainedTo = d.client, d.up, "upstream"
+	if upFailed {
+		d.dead, d.alive, d.o.drainedTo = d.up, d.client, "client"
+	}
+	d.deadline = time.Now().Add(d.drainBound)
+	// This copy read the dead socket to its end when it failed on its
+	// source: the other copy reads the survivor, to write to the dead
+	// socket, and only resetting the survivor ends it, so drain and
+	// reset now. When this copy failed writing to the dead socket, the
+	// other copy still carries what is queued on it to the survivor,
+	// and ends by itself once that is delivered: the drain waits for it.
+	now := r.toUpstream != upFailed || d.o.reason == endDrain
+	dead, alive := d.dead, d.alive
+	if !now {
+		// Bound the wait for the other copy.
+		d.bounded = time.AfterFunc(d.drainBound, func() { resetClose(alive); resetClose(dead); d.woke() })
+		d.mu.Unlock()
+		return
+	}
+	if d.o.reason == endDrain {
+		d.o.drainedTo = "" // natkeep itself closed the sockets (shutdown)
+		d.mu.Unlock()
+	} else {
+		d.mu.Unlock()
+		// The other direction only ever reads the fields it sets in
+		// finish, which returns early now that failed is set.
+		discarded := drainSendQueue(alive, d.drainBound)
+		d.mu.Lock()
+		d.o.discarded = discarded
+		d.mu.Unlock()
+	}
+	resetClose(dead)
+	resetClose(alive)
+	d.woke()
+}
+
+func (d *teardown) woke() {
+	if d.wake != nil {
+		d.wake()
+	}
+}
+
+// blocks reports whether done may wait (a drain) or log a failure: the
+// epoll goroutine hands such an end to a goroutine of its own.
+func (d *teardown) blocks() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.failed
+}
+
+// done runs once both directions have finished: it closes what is still
+// open and returns how the connection ended.
+func (d *teardown) done() copyOutcome {
+	d.mu.Lock()
+	failed, bounded := d.failed, d.bounded
+	d.mu.Unlock()
 	switch {
 	case !failed:
-		client.Close()
-		up.Close()
+		d.client.Close()
+		d.up.Close()
 	case bounded != nil:
 		if bounded.Stop() {
-			o.discarded = drainSendQueue(alive, time.Until(deadline))
+			d.o.discarded = drainSendQueue(d.alive, time.Until(d.deadline))
 		} else {
-			o.discarded = -1 // the bound passed while copying: both were reset, the loss is unknown
+			d.o.discarded = -1 // the bound passed while copying: both were reset, the loss is unknown
 		}
-		resetClose(dead)
-		resetClose(alive)
+		resetClose(d.dead)
+		resetClose(d.alive)
 	}
-	return o
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.o
 }
 
 // drainSendQueue waits until c's peer has acknowledged everything in c's
@@ -559,6 +644,9 @@ func (t *tcpRoute) resetAll() int {
 		if pc.upstream != nil {
 			resetClose(pc.upstream)
 		}
+		if pc.wake != nil {
+			pc.wake()
+		}
 	}
 	t.mu.Unlock()
 	return n
@@ -570,6 +658,9 @@ func (t *tcpRoute) close() {
 	t.resetAll()
 	t.cancel()
 	t.wg.Wait()
+	if t.park != nil {
+		t.park.stop() // after every connection is done: none is parked
+	}
 }
 
 func (t *tcpRoute) connCount() int {

@@ -8,11 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natkeep/natkeep/sockopt"
 )
@@ -378,4 +382,63 @@ func TestTCPDrain(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
+}
+
+// TestTCPKeepaliveInheritedFromListener: the route's keepalive is set once
+// on the listener when every class shares it, and accepted sockets have it
+// without setting it again; a route whose intercept rules differ sets it per
+// connection, and a socket whose class differs from what it inherited gets
+// its own class's values.
+func TestTCPKeepaliveInheritedFromListener(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	listen := func(t *testing.T, rt Route) *tcpRoute {
+		t.Helper()
+		tr, err := newTCPRoute(context.Background(), rt, time.Second, slog.New(slog.DiscardHandler), m, &budget{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.listen(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tr.close)
+		return tr
+	}
+	o := tcpOpts()
+	t.Run("uniform", func(t *testing.T) {
+		rule := InterceptRule{Proto: TCP, Prefix: netip.MustParsePrefix("10.0.0.0/8"), PortLo: 1, PortHi: 9, TCP: o}
+		tr := listen(t, Route{Name: "uniform", Proto: TCP, Listen: "127.0.0.1:0", TCP: o, Transparent: true, Intercept: []InterceptRule{rule}})
+		if tr.lnKeepalive != o.Keepalive {
+			t.Fatalf("listener keepalive %+v, want %+v", tr.lnKeepalive, o.Keepalive)
+		}
+		c := dialTCP(t, tr.ln.Addr())
+		a, err := tr.ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		defer c.Close()
+		if on, k, err := sockopt.GetKeepalive(a); err != nil || !on || k != o.Keepalive {
+			t.Fatalf("accepted socket: keepalive %v %+v %v; want it inherited as %+v", on, k, err, o.Keepalive)
+		}
+		// A class with other values overrides what the socket inherited.
+		other := o
+		other.Keepalive.Idle = 77 * time.Second
+		if err := applyOptions(a, &other, tr.lnKeepalive); err != nil {
+			t.Fatal(err)
+		}
+		if on, k, err := sockopt.GetKeepalive(a); err != nil || !on || k != other.Keepalive {
+			t.Fatalf("after applyOptions: keepalive %v %+v %v; want %+v", on, k, err, other.Keepalive)
+		}
+	})
+	t.Run("rules differ", func(t *testing.T) {
+		rule := InterceptRule{Proto: TCP, Prefix: netip.MustParsePrefix("10.0.0.0/8"), PortLo: 1, PortHi: 9, TCP: o}
+		rule.TCP.Keepalive.Count = 9
+		tr := listen(t, Route{Name: "differ", Proto: TCP, Listen: "127.0.0.1:0", TCP: o, Transparent: true, Intercept: []InterceptRule{rule}})
+		if tr.lnKeepalive != (sockopt.Keepalive{}) {
+			t.Fatalf("listener keepalive %+v with rules that differ, want none", tr.lnKeepalive)
+		}
+		if on, _, err := sockopt.GetKeepalive(tr.ln); err != nil || on {
+			t.Fatalf("listener SO_KEEPALIVE %v (%v), want off", on, err)
+		}
+	})
 }

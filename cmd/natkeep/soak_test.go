@@ -38,6 +38,9 @@ import (
 const (
 	soakUDPFlows = 2000
 	soakTCPConns = 200
+	// soakGoroutineSlack is how many goroutines natkeep may gain after
+	// warm-up on top of 2 % (see the check at the end of TestSoakNAT).
+	soakGoroutineSlack = 4
 )
 
 // soakUDPApp is one app-side UDP socket (one natkeep flow).
@@ -569,8 +572,13 @@ func TestSoakNAT(t *testing.T) {
 	if end.rss > warm.rss*1.10 {
 		t.Errorf("RSS grew from %s to %s after warm-up (more than 10%%)", mib(int64(warm.rss)), mib(int64(end.rss)))
 	}
-	if end.goroutines > warm.goroutines*1.02 {
-		t.Errorf("goroutines grew from %v to %v after warm-up (more than 2%%)", warm.goroutines, end.goroutines)
+	// A few goroutines of slack besides the 2 %: idle TCP connections hold
+	// none, so natkeep runs only a dozen or so, and the runtime starts some
+	// of its own later (a GC mark worker per P at the first collection), or
+	// a connection's direction has one while a push moves. A leak per flow
+	// or connection would still be hundreds.
+	if end.goroutines > warm.goroutines*1.02+soakGoroutineSlack {
+		t.Errorf("goroutines grew from %v to %v after warm-up (more than 2%% + %d)", warm.goroutines, end.goroutines, soakGoroutineSlack)
 	}
 	if len(errs) > 0 {
 		t.Errorf("%d ERROR lines, e.g. %s", len(errs), errs[0])

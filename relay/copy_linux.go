@@ -477,55 +477,12 @@ func (p *tcpPoller) stop() {
 func (p *tcpPoller) loop() {
 	defer close(p.done)
 	defer unix.Close(p.wakefd)
-	if err := unix.SetNonblock(p.epfd, true); err != nil {
-		p.log.Error("TCP epoll fd: cannot make it non-blocking; idle connections stop", "err", err)
-		unix.Close(p.epfd)
-		return
-	}
-	ef := os.NewFile(uintptr(p.epfd), "epoll") // owns epfd from here on
-	defer ef.Close()
-	rc, err := ef.SyscallConn()
-	if err != nil {
-		p.log.Error("TCP epoll fd: no raw access; idle connections stop", "err", err)
-		return
-	}
-	events := make([]unix.EpollEvent, 128)
-	stop := false
-	wait := func(fd uintptr) bool {
-		for {
-			n, err := unix.EpollWait(int(fd), events, 0)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				p.log.Error("TCP epoll_wait failed; idle connections stop", "err", err)
-				stop = true
-				return true
-			}
-			if n == 0 {
-				return false
-			}
-			for i := range n {
-				key := eventKey(&events[i])
-				if key == wakeKey {
-					stop = true
-					return true
-				}
-				p.mu.Lock()
-				h := p.halves[key]
-				p.mu.Unlock()
-				if h != nil && h.take() {
-					h.run(true)
-				}
-			}
+	epollLoop(p.log, p.epfd, "TCP epoll fd", "idle connections stop", func(key regKey) {
+		p.mu.Lock()
+		h := p.halves[key]
+		p.mu.Unlock()
+		if h != nil && h.take() {
+			h.run(true)
 		}
-	}
-	for !stop {
-		if err := rc.Read(wait); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				p.log.Error("TCP epoll fd read failed; idle connections stop", "err", err)
-			}
-			return
-		}
-	}
+	}, nil)
 }

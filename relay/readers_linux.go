@@ -221,22 +221,44 @@ func (e *epollReaders) loop() {
 	defer close(e.done)
 	defer e.rb.free()
 	defer unix.Close(e.wakefd)
-	if err := unix.SetNonblock(e.epfd, true); err != nil {
-		e.log.Error("epoll fd: cannot make it non-blocking; upstream replies stop", "err", err)
-		unix.Close(e.epfd)
+	epollLoop(e.log, e.epfd, "epoll fd", "upstream replies stop", func(key regKey) {
+		e.mu.Lock()
+		reg := e.regs[key]
+		e.mu.Unlock()
+		if reg == nil {
+			return // unwatched while the event was in flight
+		}
+		if err := reg.rc.Read(reg.fn); err != nil && !errors.Is(err, net.ErrClosed) {
+			e.onErr(reg.f, reg.c, err)
+		}
+	}, e.release) // the wake-up's replies leave together before parking
+}
+
+// epollLoop runs an epoll set in Go's netpoller until its wakeKey event
+// fires: it owns epfd (closed on return), calls ready for each other event
+// and idle (if not nil) whenever no event is left, before parking and
+// before returning. name and stops say in its error logs which loop failed
+// and what that stops.
+func epollLoop(log *slog.Logger, epfd int, name, stops string, ready func(regKey), idle func()) {
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		log.Error(name+": cannot make it non-blocking; "+stops, "err", err)
+		unix.Close(epfd)
 		return
 	}
-	ef := os.NewFile(uintptr(e.epfd), "epoll") // owns epfd from here on
+	ef := os.NewFile(uintptr(epfd), "epoll") // owns epfd from here on
 	defer ef.Close()
 	rc, err := ef.SyscallConn()
 	if err != nil {
-		e.log.Error("epoll fd: no raw access; upstream replies stop", "err", err)
+		log.Error(name+": no raw access; "+stops, "err", err)
 		return
+	}
+	if idle == nil {
+		idle = func() {}
 	}
 	events := make([]unix.EpollEvent, 128)
 	stop := false
 	// wait returns false (park until the epoll fd is readable) when no
-	// socket is ready, and true to stop.
+	// event is ready, and true to stop.
 	wait := func(fd uintptr) bool {
 		for {
 			n, err := unix.EpollWait(int(fd), events, 0)
@@ -244,36 +266,30 @@ func (e *epollReaders) loop() {
 				continue
 			}
 			if err != nil {
-				e.log.Error("epoll_wait failed; upstream replies stop", "err", err)
+				log.Error("epoll_wait failed; "+stops, "err", err)
 				stop = true
 				return true
 			}
 			if n == 0 {
-				e.release() // the wake-up's replies leave together before parking
+				idle()
 				return false
 			}
 			for i := range n {
 				key := eventKey(&events[i])
 				if key == wakeKey {
-					e.release()
+					idle()
 					stop = true
 					return true
 				}
-				e.mu.Lock()
-				reg := e.regs[key]
-				e.mu.Unlock()
-				if reg == nil {
-					continue // unwatched while the event was in flight
-				}
-				if err := reg.rc.Read(reg.fn); err != nil && !errors.Is(err, net.ErrClosed) {
-					e.onErr(reg.f, reg.c, err)
-				}
+				ready(key)
 			}
 		}
 	}
 	for !stop {
 		if err := rc.Read(wait); err != nil {
-			e.log.Error("epoll fd read failed; upstream replies stop", "err", err)
+			if !errors.Is(err, net.ErrClosed) {
+				log.Error(name+" read failed; "+stops, "err", err)
+			}
 			return
 		}
 	}

@@ -284,7 +284,18 @@ func TestNATPathTTLAuto(t *testing.T) {
 // its stdout, stderr and exit status.
 func runProbe(t *testing.T, l *natlab.Lab, args ...string) (string, string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	stdout, stderr, code, err := probeIn(t, l, 5*time.Minute, args...)
+	if err != nil {
+		t.Fatalf("natkeep probe %v: %v\n%s", args, err, stderr)
+	}
+	return stdout, stderr, code
+}
+
+// probeIn runs `natkeep probe args...` in the client namespace, bounded by
+// limit; err is set when it did not run to an exit status.
+func probeIn(t *testing.T, l *natlab.Lab, limit time.Duration, args ...string) (string, string, int, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.Client, natlab.NatkeepBinary(t), "probe"}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -293,15 +304,11 @@ func runProbe(t *testing.T, l *natlab.Lab, args ...string) (string, string, int)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	code := 0
 	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("natkeep probe %v: %v\n%s", args, err, stderr.String())
+	if errors.As(err, &ee) {
+		return stdout.String(), stderr.String(), ee.ExitCode(), nil
 	}
-	return stdout.String(), stderr.String(), code
+	return stdout.String(), stderr.String(), 0, err
 }
 
 // TestNATProbeCommand: `natkeep probe` through two routers (NAT on the
@@ -433,25 +440,13 @@ func TestNATProbeAgainstCoturn(t *testing.T) {
 	t.Logf("coturn: mapping %s, lifetime %.2fs (%s)", rep.Mapping, *rep.Lifetime, rep.HopsNote)
 }
 
-// runProbeQuick is a probe that stops after the first answer: a short
-// --max-lifetime is still a ladder, so this only asks "does it answer?".
+// runProbeQuick is a probe with a short --max-lifetime: it only asks
+// "does the server answer?".
 func runProbeQuick(t *testing.T, l *natlab.Lab, server netip.AddrPort) (string, string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.Client, natlab.NatkeepBinary(t), "probe", "--no-hops", "--max-lifetime", "4s", server.String())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 2 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return stdout.String(), stderr.String(), ee.ExitCode()
-	}
+	stdout, stderr, code, err := probeIn(t, l, 15*time.Second, "--no-hops", "--max-lifetime", "4s", server.String())
 	if err != nil {
-		return stdout.String(), stderr.String(), -1
+		return stdout, stderr, -1
 	}
-	return stdout.String(), stderr.String(), 0
+	return stdout, stderr, code
 }

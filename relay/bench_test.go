@@ -28,6 +28,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -44,7 +45,7 @@ func benchLookup(u *udpRoute, client netip.AddrPort) *flow { return u.lookup(ben
 
 // benchNewFlow builds a flow as newFlow does, on an existing upstream
 // socket c, and enters it in the flow table; no reader watches c.
-func benchNewFlow(u *udpRoute, client netip.AddrPort, c *net.UDPConn, now int64) *flow {
+func benchNewFlow(u *udpRoute, client netip.AddrPort, c *upSock, now int64) *flow {
 	f := &flow{key: benchKey(client), class: u.def, opt: u.def.opts, out: u.ln, created: now, idx: -1}
 	f.conn.Store(c)
 	f.lastOut.Store(now)
@@ -458,12 +459,14 @@ func BenchmarkFlowLookup(b *testing.B) {
 func BenchmarkSchedulerHeap100k(b *testing.B) {
 	const n = 100_000
 	sink := newBenchUDPSink(b)
-	conn, err := net.DialUDP("udp4", nil, sink.c.LocalAddr().(*net.UDPAddr))
+	sndbuf := func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<20) })
+	}
+	conn, err := dialUpSock(sink.c.LocalAddr().(*net.UDPAddr).AddrPort(), sndbuf)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	_ = conn.SetWriteBuffer(4 << 20)
 	o := udpOpts()
 	o.Heartbeat.Interval = 20 * time.Second
 	o.FlowIdleTimeout = 1000 * time.Hour // rounds advance the clock 21 s each

@@ -88,24 +88,22 @@ func (u *udpRoute) sendHeartbeat(f *flow, id keepalive.TxID, full bool) {
 }
 
 // write sends b on c, with the heartbeat TTL when limited and one is set.
-func (o *flowOpts) write(c *net.UDPConn, b []byte, limited bool) error {
+func (o *flowOpts) write(c *upSock, b []byte, limited bool) error {
 	if limited {
 		if oob := o.ttlOOB(c); oob != nil {
-			_, _, err := c.WriteMsgUDP(b, oob, nil)
-			return err
+			return c.writeMsg(b, oob)
 		}
 	}
-	_, err := c.Write(b)
-	return err
+	return c.write(b)
 }
 
 // ttlOOB returns the TTL control message for c's address family, or nil.
-func (o *flowOpts) ttlOOB(c *net.UDPConn) []byte {
+func (o *flowOpts) ttlOOB(c *upSock) []byte {
 	t := o.ttl.Load()
 	if t == nil {
 		return nil
 	}
-	if ra, ok := c.RemoteAddr().(*net.UDPAddr); ok && ra.IP.To4() == nil {
+	if c.v6 {
 		return t.oob6
 	}
 	return t.oob4

@@ -260,7 +260,7 @@ func (u *udpRoute) follow(f *flow) {
 		return
 	}
 	u.st.reconnects.Inc()
-	u.events.reconnected.emit("client", f.key.client, "local", c.LocalAddr(), "old_upstream", old, "new_upstream", cur)
+	u.events.reconnected.emit("client", f.key.client, "local", c.localAddr(), "old_upstream", old, "new_upstream", cur)
 }
 
 // rebindAsync rebinds f off the scheduler goroutine (a resolution can take
@@ -292,11 +292,12 @@ func (u *udpRoute) rebind(f *flow) {
 	f.peer = peer
 	f.mapped = netip.AddrPort{} // a new mapping is expected, not a rebinding
 	f.mu.Unlock()
-	u.readers.unwatch(old)
+	u.readers.unwatchUp(old)
+	oldLocal := old.localAddr()
 	old.Close()
-	if err := u.readers.watch(f, c, u.fromUpstream); err != nil {
+	if err := u.readers.watchUp(f, c, u.fromUpstream); err != nil {
 		u.logError("cannot watch rebound upstream socket", err, "client", f.key.client)
 	}
 	u.st.rebinds.Inc()
-	u.events.rebound.emit("client", f.key.client, "old_local", old.LocalAddr(), "new_local", c.LocalAddr(), "upstream", peer)
+	u.events.rebound.emit("client", f.key.client, "old_local", oldLocal, "new_local", c.localAddr(), "upstream", peer)
 }

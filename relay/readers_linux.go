@@ -16,13 +16,14 @@ import (
 // flow cannot starve the others sharing the epoll loop.
 const maxBurst = 16
 
-// epollReaders watch a route's upstream sockets with one epoll instance and
-// one goroutine. Sockets stay ordinary *net.UDPConns (writes, deadlines and
-// Close keep Go's safety); reads go through syscall.RawConn.Read with a
-// callback that never waits, so Close can never race a read of a reused fd.
-// Each read is a recvmmsg into the next free slots of one batch shared by
-// all sockets; the handlers' replies are flushed when the slots run out
-// and when a wake-up's sockets are all read, so they leave together.
+// epollReaders watch a route's flow sockets with one epoll instance and
+// one goroutine. Upstream sockets are bare descriptors (upSock) that only
+// this set watches; a transparent flow's client-side socket stays a
+// *net.UDPConn, read through syscall.RawConn.Read with a callback that
+// never waits, so Close can never race a read of a reused fd. Each read is
+// a recvmmsg into the next free slots of one batch shared by all sockets;
+// the handlers' replies are flushed when the slots run out and when a
+// wake-up's sockets are all read, so they leave together.
 type epollReaders struct {
 	log    *slog.Logger
 	onErr  readErrorHandler
@@ -32,22 +33,26 @@ type epollReaders struct {
 	rb     *recvBatch
 	used   int // slots holding datagrams not yet flushed
 
+	cur     *watchReg             // the registration rawRead serves; loop goroutine only
+	rawRead func(fd uintptr) bool // reads cur's socket; built once, so no closure per socket
+
 	mu      sync.Mutex
 	regs    map[regKey]*watchReg
-	byConn  map[*net.UDPConn]regKey
-	lastKey regKey // the key handed out last
+	byConn  map[*net.UDPConn]regKey // client-side sockets; an upSock keeps its key itself
+	lastKey regKey                  // the key handed out last
 
 	done     chan struct{}
 	stopOnce sync.Once
 }
 
-// watchReg is one watched socket; fn is built once so the read path does
-// not allocate a closure per datagram.
+// watchReg is one watched socket: an upstream upSock s, or a client-side
+// c with its RawConn.
 type watchReg struct {
-	f  *flow
-	c  *net.UDPConn
-	rc syscall.RawConn
-	fn func(fd uintptr) bool
+	f      *flow
+	s      *upSock
+	c      *net.UDPConn
+	rc     syscall.RawConn
+	onData datagramHandler
 }
 
 // regKey identifies a watched socket in the epoll set: all 8 bytes of
@@ -75,7 +80,7 @@ func eventKey(ev *unix.EpollEvent) regKey {
 func (e *epollReaders) newKey() regKey {
 	for {
 		e.lastKey++
-		if _, live := e.regs[e.lastKey]; !live && e.lastKey != wakeKey {
+		if _, live := e.regs[e.lastKey]; !live && e.lastKey != wakeKey && e.lastKey != goneKey {
 			return e.lastKey
 		}
 	}
@@ -111,8 +116,94 @@ func newFlowReaders(log *slog.Logger, onErr readErrorHandler, flush func()) (flo
 		regs: make(map[regKey]*watchReg), byConn: make(map[*net.UDPConn]regKey),
 		lastKey: wakeKey, done: make(chan struct{}),
 	}
+	e.rawRead = func(fd uintptr) bool {
+		e.readFrom(e.cur, int(fd))
+		return true // never wait in Go's poller: epoll tells us when
+	}
 	go e.loop()
 	return e, nil
+}
+
+// readFrom reads up to maxBurst datagrams from reg's socket fd and hands
+// them to its handler.
+func (e *epollReaders) readFrom(reg *watchReg, fd int) {
+	for tries := 0; tries < maxBurst; {
+		if e.used == e.rb.slots() {
+			e.release()
+		}
+		want := min(maxBurst-tries, e.rb.slots()-e.used)
+		n, err := e.rb.recv(fd, e.used, want)
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil {
+			e.onErr(reg.f, err)
+			tries++
+			continue // the error is cleared; queued datagrams may follow
+		}
+		for i := e.used; i < e.used+n; i++ {
+			if b, ok := e.rb.datagram(i); ok {
+				reg.onData(reg.f, b)
+			} else {
+				e.onErr(reg.f, errTruncated)
+			}
+		}
+		e.used += n
+		tries += n
+		if n < want {
+			return // drained
+		}
+	}
+}
+
+// add enters reg under a new key and registers fd for it.
+func (e *epollReaders) add(reg *watchReg, fd int) error {
+	e.mu.Lock()
+	if reg.s != nil && reg.s.key == goneKey {
+		e.mu.Unlock()
+		return net.ErrClosed // unwatched (the flow was removed) before it was watched
+	}
+	key := e.newKey()
+	e.regs[key] = reg
+	if reg.c != nil {
+		e.byConn[reg.c] = key
+	}
+	if reg.s != nil {
+		reg.s.key = key
+	}
+	e.mu.Unlock()
+	ev := key.event(unix.EPOLLIN)
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		e.mu.Lock()
+		delete(e.regs, key)
+		delete(e.byConn, reg.c)
+		e.mu.Unlock()
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+// goneKey marks an upSock that was unwatched: it is never watched again.
+const goneKey = ^regKey(0)
+
+func (e *epollReaders) watchUp(f *flow, s *upSock, onData datagramHandler) error {
+	if !s.acquire() {
+		return net.ErrClosed
+	}
+	defer s.release()
+	return e.add(&watchReg{f: f, s: s, onData: onData}, s.fd)
+}
+
+// unwatchUp forgets s. Its descriptor leaves the epoll set when it is
+// closed (natkeep never duplicates it), which saves an epoll_ctl per flow;
+// an event already in flight finds no registration.
+func (e *epollReaders) unwatchUp(s *upSock) {
+	e.mu.Lock()
+	if s.key != wakeKey && s.key != goneKey {
+		delete(e.regs, s.key)
+	}
+	s.key = goneKey
+	e.mu.Unlock()
 }
 
 func (e *epollReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) error {
@@ -120,52 +211,11 @@ func (e *epollReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) er
 	if err != nil {
 		return err
 	}
-	reg := &watchReg{f: f, c: c, rc: rc}
-	reg.fn = func(fd uintptr) bool {
-		for tries := 0; tries < maxBurst; {
-			if e.used == e.rb.slots() {
-				e.release()
-			}
-			want := min(maxBurst-tries, e.rb.slots()-e.used)
-			n, err := e.rb.recv(int(fd), e.used, want)
-			if err == unix.EAGAIN {
-				break
-			}
-			if err != nil {
-				e.onErr(reg.f, reg.c, err)
-				tries++
-				continue // the error is cleared; queued datagrams may follow
-			}
-			for i := e.used; i < e.used+n; i++ {
-				if b, ok := e.rb.datagram(i); ok {
-					onData(reg.f, b)
-				} else {
-					e.onErr(reg.f, reg.c, errTruncated)
-				}
-			}
-			e.used += n
-			tries += n
-			if n < want {
-				break // drained
-			}
-		}
-		return true // never wait in Go's poller: epoll tells us when
-	}
-	e.mu.Lock()
-	key := e.newKey()
-	e.regs[key] = reg
-	e.byConn[c] = key
-	e.mu.Unlock()
-	var cerr error
+	var aerr error
 	err = rc.Control(func(fd uintptr) {
-		ev := key.event(unix.EPOLLIN)
-		cerr = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		aerr = e.add(&watchReg{f: f, c: c, rc: rc, onData: onData}, int(fd))
 	})
-	if err = errors.Join(err, cerr); err != nil {
-		e.forget(c)
-		return fmt.Errorf("epoll_ctl add: %w", err)
-	}
-	return nil
+	return errors.Join(err, aerr)
 }
 
 // forget drops c's registration and returns it.
@@ -187,8 +237,9 @@ func (e *epollReaders) unwatch(c *net.UDPConn) {
 	if reg == nil {
 		return
 	}
-	// Closing the socket would drop it from the epoll set too; deleting it
-	// first means no event for it is delivered after this returns.
+	// Closing the socket would drop it from the epoll set too, but Go's
+	// net may hold a duplicate; deleting it first means no event for it is
+	// delivered after this returns.
 	_ = reg.rc.Control(func(fd uintptr) {
 		_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
@@ -228,8 +279,16 @@ func (e *epollReaders) loop() {
 		if reg == nil {
 			return // unwatched while the event was in flight
 		}
-		if err := reg.rc.Read(reg.fn); err != nil && !errors.Is(err, net.ErrClosed) {
-			e.onErr(reg.f, reg.c, err)
+		if reg.s != nil {
+			if reg.s.acquire() {
+				e.readFrom(reg, reg.s.fd)
+				reg.s.release()
+			}
+			return
+		}
+		e.cur = reg
+		if err := reg.rc.Read(e.rawRead); err != nil && !errors.Is(err, net.ErrClosed) {
+			e.onErr(reg.f, err)
 		}
 	}, e.release) // the wake-up's replies leave together before parking
 }

@@ -33,7 +33,7 @@ func (g *goReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) error
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
-				g.onErr(f, c, err)
+				g.onErr(f, err)
 				continue
 			}
 			onData(f, buf[:n])
@@ -41,6 +41,13 @@ func (g *goReaders) watch(f *flow, c *net.UDPConn, onData datagramHandler) error
 	}()
 	return nil
 }
+
+func (g *goReaders) watchUp(f *flow, s *upSock, onData datagramHandler) error {
+	return g.watch(f, s.c, onData)
+}
+
+// unwatchUp is a no-op: closing the socket ends its goroutine.
+func (g *goReaders) unwatchUp(*upSock) {}
 
 // unwatch is a no-op: closing the socket ends its goroutine.
 func (g *goReaders) unwatch(*net.UDPConn) {}

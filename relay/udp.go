@@ -95,14 +95,14 @@ type flowClass struct {
 type flow struct {
 	key       flowKey // key.client is the app's address
 	class     *flowClass
-	opt       *flowOpts    // class.opts, kept at hand for the datagram path
-	out       *net.UDPConn // the socket that sends to the client
-	conn      atomic.Pointer[net.UDPConn]
-	lastOut   atomic.Int64 // mono time of the last application datagram upstream
-	lastIn    atomic.Int64 // mono time of the last application datagram downstream (what keeps the flow)
-	lastHeard atomic.Int64 // mono time of the last datagram of any kind from the upstream (what proves it alive)
-	lastBeat  atomic.Int64 // mono time of the last heartbeat sent; 0 = none yet
-	dead      atomic.Bool  // mirrors ka.Dead() so the datagram path can revive without the lock
+	opt       *flowOpts              // class.opts, kept at hand for the datagram path
+	out       *net.UDPConn           // the socket that sends to the client
+	conn      atomic.Pointer[upSock] // the upstream socket; a rebind swaps it
+	lastOut   atomic.Int64           // mono time of the last application datagram upstream
+	lastIn    atomic.Int64           // mono time of the last application datagram downstream (what keeps the flow)
+	lastHeard atomic.Int64           // mono time of the last datagram of any kind from the upstream (what proves it alive)
+	lastBeat  atomic.Int64           // mono time of the last heartbeat sent; 0 = none yet
+	dead      atomic.Bool            // mirrors ka.Dead() so the datagram path can revive without the lock
 	created   int64
 
 	mu     sync.Mutex // guards ka, mapped, closed
@@ -370,8 +370,10 @@ func (u *udpRoute) newFlow(key flowKey, c *flowClass, out *net.UDPConn) *flow {
 	u.mu.Unlock()
 	u.st.flowsCreated.Inc()
 	u.st.flowsActive.Inc()
-	u.log.Debug("UDP flow started", "client", key.client, "upstream", peer, "local", up.LocalAddr())
-	if err := u.readers.watch(f, up, u.fromUpstream); err != nil {
+	if u.log.Enabled(u.ctx, slog.LevelDebug) { // localAddr is a system call
+		u.log.Debug("UDP flow started", "client", key.client, "upstream", peer, "local", up.localAddr())
+	}
+	if err := u.readers.watchUp(f, up, u.fromUpstream); err != nil {
 		u.remove(f)
 		u.st.dropSetup.Inc()
 		u.logError("cannot watch upstream socket for new flow", err, "client", key.client)
@@ -386,7 +388,7 @@ var errUnresolved = errors.New("upstream address not resolved yet")
 // dialUpstream opens a connected socket to the current upstream address:
 // the kernel then drops datagrams from anyone else, and the flow gets its
 // own local port, hence its own NAT mapping.
-func (u *udpRoute) dialUpstream(key flowKey) (*net.UDPConn, netip.AddrPort, error) {
+func (u *udpRoute) dialUpstream(key flowKey) (*upSock, netip.AddrPort, error) {
 	addr := key.dst // transparent mode: the destination the app chose
 	if !addr.IsValid() {
 		var ok bool
@@ -394,16 +396,15 @@ func (u *udpRoute) dialUpstream(key flowKey) (*net.UDPConn, netip.AddrPort, erro
 			return nil, addr, errUnresolved
 		}
 	}
-	if u.dialControl == nil {
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
-		return c, addr, err
-	}
-	d := net.Dialer{Control: u.dialControl}
-	c, err := d.DialContext(u.ctx, "udp", addr.String())
-	if err != nil {
-		return nil, addr, err
-	}
-	return c.(*net.UDPConn), addr, nil
+	s, err := dialUpSock(addr, u.dialControl)
+	return s, addr, err
+}
+
+// upstream returns the address f's upstream socket is connected to.
+func (f *flow) upstream() netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.peer
 }
 
 // fromUpstream handles one datagram from the upstream: whatever it is, it
@@ -504,7 +505,7 @@ func (u *udpRoute) remove(f *flow) bool {
 	f.closed = true
 	c := f.conn.Load()
 	f.mu.Unlock()
-	u.readers.unwatch(c)
+	u.readers.unwatchUp(c)
 	c.Close()
 	if f.out != u.ln {
 		u.readers.unwatch(f.out)

@@ -119,9 +119,14 @@ func (u *udpRoute) consumeReply(f *flow, b []byte, now int64) bool {
 		res = f.opt.Heartbeat.Reply(&f.ka, now, true, id)
 		if resp, err := keepalive.ParseBindingResponse(b); err == nil && resp.HasMapped && res.Counted {
 			cur = netip.AddrPortFrom(resp.Mapped.Addr().Unmap(), resp.Mapped.Port())
-			old = f.mapped
+			if f.mapped != nil {
+				old = *f.mapped
+			}
 			changed = old.IsValid() && old != cur
-			f.mapped = cur
+			if f.mapped == nil || changed {
+				m := cur // a copy, so only a new mapping allocates
+				f.mapped = &m
+			}
 		}
 		f.dead.Store(f.ka.Dead())
 		f.mu.Unlock()
@@ -249,7 +254,7 @@ func (u *udpRoute) follow(f *flow) {
 	err := sockopt.Reconnect(c, cur)
 	if err == nil {
 		f.peer = cur
-		f.mapped = netip.AddrPort{} // a new server sees a new mapping, not a rebinding
+		f.mapped = nil // a new server sees a new mapping, not a rebinding
 	}
 	f.mu.Unlock()
 	if err != nil {
@@ -290,7 +295,7 @@ func (u *udpRoute) rebind(f *flow) {
 	}
 	old := f.conn.Swap(c)
 	f.peer = peer
-	f.mapped = netip.AddrPort{} // a new mapping is expected, not a rebinding
+	f.mapped = nil // a new mapping is expected, not a rebinding
 	f.mu.Unlock()
 	u.readers.unwatchUp(old)
 	oldLocal := old.localAddr()

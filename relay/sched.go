@@ -111,11 +111,11 @@ func (h flowHeap) Len() int           { return len(h) }
 func (h flowHeap) Less(i, j int) bool { return h[i].wake < h[j].wake }
 func (h flowHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	h[i].idx, h[j].idx = int32(i), int32(j) // one entry per flow, and each holds a descriptor: far below 1<<31
 }
 func (h *flowHeap) Push(x any) {
 	f := x.(*flow)
-	f.idx = len(*h)
+	f.idx = int32(len(*h))
 	*h = append(*h, f)
 }
 func (h *flowHeap) Pop() any {

@@ -102,19 +102,22 @@ type flow struct {
 	lastIn    atomic.Int64           // mono time of the last application datagram downstream (what keeps the flow)
 	lastHeard atomic.Int64           // mono time of the last datagram of any kind from the upstream (what proves it alive)
 	lastBeat  atomic.Int64           // mono time of the last heartbeat sent; 0 = none yet
-	dead      atomic.Bool            // mirrors ka.Dead() so the datagram path can revive without the lock
 	created   int64
 
 	mu     sync.Mutex // guards ka, mapped, closed
 	ka     keepalive.Flow
-	mapped netip.AddrPort // last STUN XOR-MAPPED-ADDRESS
-	peer   netip.AddrPort // the address the upstream socket is connected to
-	closed bool
+	mapped *netip.AddrPort // last STUN XOR-MAPPED-ADDRESS (a pointer: most flows never learn one)
+	peer   netip.AddrPort  // the address the upstream socket is connected to
 
 	wake int64 // scheduler-owned: when to service this flow next
-	idx  int   // scheduler-owned: heap index, -1 when not queued
 
 	srcPrev, srcNext *flow // the flows of the same source, oldest first; guarded by udpRoute.mu
+
+	// The small fields share the last word; the record stays within the
+	// 384-byte allocation class (an idle flow's largest allocation).
+	dead   atomic.Bool // mirrors ka.Dead() so the datagram path can revive without the lock
+	idx    int32       // scheduler-owned: heap index, -1 when not queued
+	closed bool
 }
 
 // newUDPRoute builds a route, or with primary another worker of primary's route.

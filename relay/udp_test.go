@@ -378,7 +378,7 @@ func TestUDPResponderAndSTUNClient(t *testing.T) {
 	mapped := f.mapped
 	last, smoothed := f.ka.RTT()
 	f.mu.Unlock()
-	if want := f.conn.Load().localAddr(); mapped != want {
+	if want := f.conn.Load().localAddr(); mapped == nil || *mapped != want {
 		t.Fatalf("mapped = %v, want %v", mapped, want)
 	}
 	if last <= 0 || smoothed <= 0 {

@@ -38,8 +38,62 @@ type tcpRoute struct {
 	closedUp, closedDown uint64        // bytes of ended connections, each way
 	idle                 chan struct{} // closed when conns empties while draining
 
-	wg      sync.WaitGroup // accept loop, resolver and every connection
+	wg      sync.WaitGroup // accept loop, resolver, serve goroutines and every connection
 	warnLog logLimiter
+
+	work        chan *proxyConn // accepted connections for a waiting serve goroutine
+	idleServers atomic.Int32    // serve goroutines waiting on work
+}
+
+// A serve goroutine (dial, options, the first bytes) outlives its
+// connection and waits for the next one: its stack has grown to what a
+// dial needs, and a fresh goroutine per connection spent a fifth of
+// natkeep's own CPU growing and copying it (perf, 16 concurrent
+// connect-request-close clients). maxIdleServers bound the goroutines
+// kept waiting, serveIdle how long each waits before it ends.
+const (
+	maxIdleServers = 8
+	serveIdle      = 5 * time.Second
+)
+
+// dispatch hands pc to a waiting serve goroutine, or starts one.
+func (t *tcpRoute) dispatch(pc *proxyConn) {
+	select {
+	case t.work <- pc:
+	default:
+		t.wg.Add(1)
+		go t.serveLoop(pc)
+	}
+}
+
+// serveLoop serves pc, then whatever dispatch hands it until it has
+// waited serveIdle for nothing, the route closes, or enough others wait.
+func (t *tcpRoute) serveLoop(pc *proxyConn) {
+	defer t.wg.Done()
+	var timer *time.Timer
+	for {
+		t.serve(pc)
+		if t.idleServers.Add(1) > maxIdleServers {
+			t.idleServers.Add(-1)
+			return
+		}
+		if timer == nil {
+			timer = time.NewTimer(serveIdle)
+			defer timer.Stop()
+		} else {
+			timer.Reset(serveIdle)
+		}
+		select {
+		case pc = <-t.work:
+			t.idleServers.Add(-1)
+		case <-timer.C:
+			t.idleServers.Add(-1)
+			return
+		case <-t.ctx.Done():
+			t.idleServers.Add(-1)
+			return
+		}
+	}
 }
 
 // testHookProxying lets tests inspect both sockets of a connection once
@@ -89,6 +143,7 @@ func newTCPRoute(ctx context.Context, r Route, resolveInterval time.Duration, lo
 	t := &tcpRoute{
 		route: r, def: &connClass{opts: r.TCP}, budget: b, log: log, st: st, up: up, ctx: ctx, cancel: cancel, resolveInterval: resolveInterval,
 		conns: make(map[*proxyConn]struct{}), warnLog: logLimiter{period: 10 * time.Second},
+		work: make(chan *proxyConn),
 	}
 	for i := range r.Intercept {
 		if r.Intercept[i].Proto == TCP {
@@ -241,7 +296,7 @@ func (t *tcpRoute) acceptLoop() {
 			continue
 		}
 		t.st.active.Inc()
-		go t.serve(pc)
+		t.dispatch(pc)
 	}
 }
 

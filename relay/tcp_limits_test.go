@@ -153,3 +153,26 @@ func TestTCPBytesMoveWhileOpen(t *testing.T) {
 	}
 	t.Logf("%d readings during the transfer, %d of them strictly between 0 and 1 MB", len(seen), mid)
 }
+
+// TestTCPServeGoroutinesReused: connections one after another are served
+// by a few waiting serve goroutines, not one new goroutine each, and the
+// waiting ones end when the route closes.
+func TestTCPServeGoroutinesReused(t *testing.T) {
+	r, _ := startRelay(t, newRouteTCP("127.0.0.1:0", echoTCP(t), tcpOpts()))
+	tr := r.tcp[0]
+	for i := range 30 {
+		c := dialTCP(t, r.Addrs()[0])
+		if !tcpWorks(c, "hi") {
+			t.Fatalf("connection %d: no echo", i)
+		}
+		c.Close()
+		eventually(t, "a serve goroutine waiting", func() bool { return tr.idleServers.Load() >= 1 })
+	}
+	if n := tr.idleServers.Load(); n < 1 || n > maxIdleServers {
+		t.Fatalf("%d serve goroutines waiting after 30 sequential connections, want 1..%d", n, maxIdleServers)
+	}
+	r.Close()
+	if n := tr.idleServers.Load(); n != 0 {
+		t.Fatalf("%d serve goroutines still waiting after Close", n)
+	}
+}

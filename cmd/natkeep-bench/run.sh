@@ -379,6 +379,10 @@ metric udp_p99_64 "UDP latency p99, 64 flows (µs)" lower 1
 metric udp_cpu_1 "relay CPU per 100k datagrams, 1 flow (ms)" lower 1
 metric udp_cpu_64 "relay CPU per 100k datagrams, 64 flows (ms)" lower 1
 metric udp_busy_64 "relay core busy during 64-flow rr (%)" none 0
+metric udp_rr_1x32 "UDP request/response rate, 1 flow x window 32 (rr/s)" higher 0
+metric udp_rr_64x2 "UDP request/response rate, 64 flows x window 2 (rr/s)" higher 0
+metric udp_cpurt_1x32 "relay CPU per UDP round trip, 1 flow x window 32 (µs)" lower 2
+metric udp_cpurt_64x2 "relay CPU per UDP round trip, 64 flows x window 2 (µs)" lower 2
 metric tcp_bulk "TCP bulk throughput, iperf3 ${IPERF_S}s (Gbit/s)" higher 2
 metric tcp_bulk_busy "relay core busy during bulk (%)" none 0
 metric tcp_rate "TCP connections/s (connect, 64 B rr, close; $RATE_CONC workers)" higher 0
@@ -396,16 +400,22 @@ metric hb_rate "natkeep heartbeat CPU at 100k flows' heartbeat rate (% of a core
 
 # ---- UDP request/response ---------------------------------------------------
 
-# rr TARGET FLOWS: one udp-rr run; records rate, latency, relay CPU.
+# rr TARGET FLOWS[xWINDOW]: one udp-rr run (WINDOW requests in flight per
+# flow, 1 if not given); records rate, latency, relay CPU.
 rr() {
-	local tgt=$1 flows=$2 pid=${P_UDP[$1]:-} t0 t1 w0 w1 out
+	local tgt=$1 flows=${2%x*} window=1 pid=${P_UDP[$1]:-} t0=0 t1 w0 w1 out
+	[[ $2 == *x* ]] && window=${2#*x}
 	[[ -n $pid ]] && t0=$(cpu_ticks "$pid")
 	w0=$(now_s)
-	out=$(load $((RR_S + 30)) udp-rr -target "127.0.0.1:${T_UDP[$tgt]}" -flows "$flows" -duration "${RR_S}s") || {
-		log "udp-rr $tgt $flows failed"
-		note "udp_rr_$flows" "$tgt" "failed"
+	out=$(load $((RR_S + 30)) udp-rr -target "127.0.0.1:${T_UDP[$tgt]}" -flows "$flows" -window "$window" -duration "${RR_S}s") || {
+		log "udp-rr $tgt $2 failed"
+		note "udp_rr_$2" "$tgt" "failed"
 		return 0
 	}
+	if ((window > 1)); then
+		rr_windowed "$tgt" "$2" "$out" "$pid" "$t0"
+		return 0
+	fi
 	w1=$(now_s)
 	echo "{\"target_name\":\"$tgt\",\"result\":$out}" >>"$RAW"
 	local rate total to
@@ -426,10 +436,27 @@ rr() {
 	log "udp-rr $tgt flows=$flows: $(jget "$out" rate) rr/s p50 $(jget "$out" p50_us) p99 $(jget "$out" p99_us) µs"
 }
 
+# rr_windowed TARGET MODE OUT PID T0: the rows of a windowed udp-rr run:
+# rate, and relay CPU per round trip in µs (as the issue tables give it).
+rr_windowed() {
+	local tgt=$1 mode=$2 out=$3 pid=$4 t0=$5 total to
+	echo "{\"target_name\":\"$tgt\",\"window_mode\":\"$mode\",\"result\":$out}" >>"$RAW"
+	total=$(jget "$out" total_requests) to=$(jget "$out" timeouts)
+	val "udp_rr_$mode" "$tgt" "$(jget "$out" rate)"
+	if awk -v a="$to" -v b="$total" 'BEGIN { exit !(a * 1000 > b) }'; then
+		note "udp_rr_$mode" "$tgt" "timeouts $to"
+	fi
+	if [[ -n $pid ]] && ((total > 0)); then
+		val "udp_cpurt_$mode" "$tgt" "$(calc "($(cpu_ticks "$pid") - $t0) / $CLK_TCK * 1000000 / $total")"
+	fi
+	log "udp-rr $tgt $mode: $(jget "$out" rate) rr/s"
+}
+
 RR_TARGETS=(direct natkeep)
 if has_peer socat; then RR_TARGETS+=(socat); fi
 if has_peer nginx; then RR_TARGETS+=(nginx); fi
-if has_peer haproxy; then note udp_rr_1 haproxy "no UDP"; note udp_rr_64 haproxy "no UDP"; fi
+if has_peer haproxy; then for k in 1 64 1x32 64x2; do note "udp_rr_$k" haproxy "no UDP"; done; fi
+if has_peer socat; then for k in 1x32 64x2; do note "udp_rr_$k" socat "not run: a process per flow"; done; fi
 
 log "starting relays for the throughput phase"
 start_natkeep
@@ -443,6 +470,10 @@ sleep 0.5
 for rep in $(seq 1 "$REPEATS"); do
 	for flows in 1 64; do
 		for tgt in "${RR_TARGETS[@]}"; do rr "$tgt" "$flows"; done
+	done
+	# Windows keep the relay busy; socat, a process per flow, is left out.
+	for mode in 1x32 64x2; do
+		for tgt in "${RR_TARGETS[@]}"; do [[ $tgt == socat ]] || rr "$tgt" "$mode"; done
 	done
 done
 

@@ -20,6 +20,7 @@ type rrResult struct {
 	Mode          string  `json:"mode"`
 	Target        string  `json:"target"`
 	Flows         int     `json:"flows"`
+	Window        int     `json:"window"`
 	Payload       int     `json:"payload"`
 	DurationS     float64 `json:"duration_s"`
 	Requests      uint64  `json:"requests"`       // answered round trips in the measured window
@@ -34,12 +35,14 @@ type rrResult struct {
 	Stale         uint64  `json:"stale"` // late replies to requests already counted as timed out
 }
 
-// runUDPRR runs N flows, each with its own connected socket doing one
-// request/response at a time, and reports rate and latency.
+// runUDPRR runs N flows, each with its own connected socket keeping
+// -window requests in flight (a new one for each answer), and reports rate
+// and latency.
 func runUDPRR(args []string) error {
 	fs := flag.NewFlagSet("udp-rr", flag.ExitOnError)
 	target := fs.String("target", "", "relay or echo address (host:port)")
-	flows := fs.Int("flows", 1, "concurrent flows, one socket and one outstanding request each")
+	flows := fs.Int("flows", 1, "concurrent flows, one socket each")
+	window := fs.Int("window", 1, "requests each flow keeps in flight")
 	duration := fs.Duration("duration", 10*time.Second, "measured time")
 	warmup := fs.Duration("warmup", 300*time.Millisecond, "unmeasured time first (flow set-up)")
 	size := fs.Int("size", 64, "payload bytes (at least 16)")
@@ -50,8 +53,8 @@ func runUDPRR(args []string) error {
 	if err != nil {
 		return fmt.Errorf("-target: %w", err)
 	}
-	if *flows < 1 || *flows > 100000 || *size < 16 || *size > 65000 {
-		return errors.New("want 1 <= -flows <= 100000 and 16 <= -size <= 65000")
+	if *flows < 1 || *flows > 100000 || *size < 16 || *size > 65000 || *window < 1 || *window > 1024 {
+		return errors.New("want 1 <= -flows <= 100000, 1 <= -window <= 1024 and 16 <= -size <= 65000")
 	}
 	raddr := net.UDPAddrFromAddrPort(ap)
 	conns := make([]*net.UDPConn, *flows)
@@ -82,52 +85,73 @@ func runUDPRR(args []string) error {
 			}
 			binary.LittleEndian.PutUint64(w[8:], uint64(i))
 			r := make([]byte, 65536)
-			for seq := uint64(1); seq < 1<<40; seq++ {
-				t0 := time.Now()
-				if !t0.Before(end) {
-					return
+			// slots[seq % window] is a request in flight (seq 0: free).
+			slots := make([]struct {
+				seq uint64
+				t0  time.Time
+			}, *window)
+			inflight, next := 0, uint64(1)
+			for {
+				now := time.Now()
+				for inflight < *window && now.Before(end) {
+					sl := &slots[next%uint64(*window)]
+					if sl.seq != 0 { // an older request never answered: written off
+						o.timeouts++
+						inflight--
+					}
+					binary.LittleEndian.PutUint64(w, next)
+					if _, err := c.Write(w); err != nil {
+						o.errs++
+						sl.seq = 0
+						time.Sleep(time.Millisecond) // e.g. ECONNREFUSED: nothing listens
+						break
+					}
+					sl.seq, sl.t0 = next, time.Now()
+					next++
+					inflight++
 				}
-				binary.LittleEndian.PutUint64(w, seq)
-				if _, err := c.Write(w); err != nil {
-					o.errs++
-					time.Sleep(time.Millisecond) // e.g. ECONNREFUSED: nothing listens
+				if inflight == 0 {
+					if !now.Before(end) {
+						return
+					}
 					continue
 				}
-				_ = c.SetReadDeadline(t0.Add(*timeout))
-				ok := false
-				for k := 0; k < 1000; k++ { // bounded: skip at most 1000 stale replies
-					n, err := c.Read(r)
-					if err != nil {
-						var ne net.Error
-						if errors.As(err, &ne) && ne.Timeout() {
-							o.timeouts++
-						} else {
-							o.errs++
-							time.Sleep(time.Millisecond)
-						}
-						break
+				_ = c.SetReadDeadline(now.Add(*timeout))
+				n, err := c.Read(r)
+				if err != nil {
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						o.timeouts += uint64(inflight) // every request in flight is lost
+						clear(slots)
+						inflight = 0
+					} else {
+						o.errs++
+						time.Sleep(time.Millisecond)
 					}
-					if n == len(w) && binary.LittleEndian.Uint64(r) == seq {
-						ok = true
-						break
-					}
+					continue
+				}
+				seq := uint64(0)
+				if n == len(w) {
+					seq = binary.LittleEndian.Uint64(r)
+				}
+				sl := &slots[seq%uint64(*window)]
+				if seq == 0 || sl.seq != seq {
 					o.stales++
-				}
-				if !ok {
 					continue
 				}
-				d := time.Since(t0)
+				sl.seq = 0
+				inflight--
 				o.total++
-				if !t0.Before(measureFrom) {
+				if !sl.t0.Before(measureFrom) && sl.t0.Before(end) {
 					o.n++
-					o.h.record(d)
+					o.h.record(time.Since(sl.t0))
 				}
 			}
 		}()
 	}
 	wg.Wait()
 	var h hist
-	res := rrResult{Mode: "udp-rr", Target: *target, Flows: *flows, Payload: *size, DurationS: duration.Seconds()}
+	res := rrResult{Mode: "udp-rr", Target: *target, Flows: *flows, Window: *window, Payload: *size, DurationS: duration.Seconds()}
 	for i := range outs {
 		o := &outs[i]
 		h.merge(&o.h)

@@ -3,7 +3,6 @@ package relay
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -29,37 +28,20 @@ type seqEcho struct {
 
 func newSeqEcho(t *testing.T, network, addr string) *seqEcho {
 	t.Helper()
-	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bigBuffers(t, c)
-	s := &seqEcho{c: c, next: make(map[netip.AddrPort]uint64)}
-	done := make(chan struct{})
-	t.Cleanup(func() { c.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue
+	s := &seqEcho{next: make(map[netip.AddrPort]uint64)}
+	s.c = servePeer(t, network, addr, 0, func(c *net.UDPConn, b []byte, from netip.AddrPort) {
+		if len(b) >= 8 {
+			seq := binary.BigEndian.Uint64(b)
+			s.mu.Lock()
+			if want := s.next[from]; seq != want && len(s.errs) < 10 {
+				s.errs = append(s.errs, fmt.Errorf("upstream socket %v: got seq %d, want %d", from, seq, want))
 			}
-			if n >= 8 {
-				seq := binary.BigEndian.Uint64(buf)
-				s.mu.Lock()
-				if want := s.next[from]; seq != want && len(s.errs) < 10 {
-					s.errs = append(s.errs, fmt.Errorf("upstream socket %v: got seq %d, want %d", from, seq, want))
-				}
-				s.next[from] = seq + 1
-				s.mu.Unlock()
-			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+			s.next[from] = seq + 1
+			s.mu.Unlock()
 		}
-	}()
+		_, _ = c.WriteToUDPAddrPort(b, from)
+	})
+	bigBuffers(t, s.c) // before any datagram: the test sends only after this returns
 	return s
 }
 

@@ -86,28 +86,9 @@ const benchPayload = 64
 // udpServer helper records every datagram, which a benchmark cannot afford).
 func benchUDPEcho(b *testing.B) *net.UDPConn {
 	b.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	_ = c.SetReadBuffer(4 << 20)
-	done := make(chan struct{})
-	b.Cleanup(func() { c.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue
-			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return c
+	return servePeer(b, "udp4", "127.0.0.1:0", 4<<20, func(c *net.UDPConn, p []byte, from netip.AddrPort) {
+		_, _ = c.WriteToUDPAddrPort(p, from)
+	})
 }
 
 // benchUDPSink counts datagrams arriving on a loopback socket and drops them.

@@ -62,15 +62,19 @@ type udpRecv struct {
 	at   time.Time
 }
 
-func newUDPServer(t testing.TB, network, addr string, echo bool) *udpServer {
+// servePeer listens on addr and hands each datagram a goroutine of its own
+// reads to handle (b is reused once handle returns), until the test ends
+// and closes the socket; readBuf > 0 sizes the socket's receive buffer.
+// It is the loop every test peer below shares.
+func servePeer(t testing.TB, network, addr string, readBuf int, handle func(c *net.UDPConn, b []byte, from netip.AddrPort)) *net.UDPConn {
 	t.Helper()
 	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = c.SetReadBuffer(8 << 20)
-	s := &udpServer{conn: c, echo: echo}
-	s.cond = sync.NewCond(&s.mu)
+	if readBuf > 0 {
+		_ = c.SetReadBuffer(readBuf)
+	}
 	done := make(chan struct{})
 	t.Cleanup(func() { c.Close(); <-done })
 	go func() {
@@ -79,20 +83,33 @@ func newUDPServer(t testing.TB, network, addr string, echo bool) *udpServer {
 		for {
 			n, from, err := c.ReadFromUDPAddrPort(buf)
 			if err != nil {
-				return
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
 			}
-			d := bytes.Clone(buf[:n])
-			// Record before echoing, so a client that has its echo can
-			// rely on the server's record.
-			s.mu.Lock()
-			s.got = append(s.got, udpRecv{from, d, time.Now()})
-			s.cond.Broadcast()
-			s.mu.Unlock()
-			if s.echo {
-				_, _ = c.WriteToUDPAddrPort(d, from)
-			}
+			handle(c, buf[:n], from)
 		}
 	}()
+	return c
+}
+
+func newUDPServer(t testing.TB, network, addr string, echo bool) *udpServer {
+	t.Helper()
+	s := &udpServer{echo: echo}
+	s.cond = sync.NewCond(&s.mu)
+	s.conn = servePeer(t, network, addr, 8<<20, func(c *net.UDPConn, b []byte, from netip.AddrPort) {
+		d := bytes.Clone(b)
+		// Record before echoing, so a client that has its echo can
+		// rely on the server's record.
+		s.mu.Lock()
+		s.got = append(s.got, udpRecv{from, d, time.Now()})
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		if s.echo {
+			_, _ = c.WriteToUDPAddrPort(d, from)
+		}
+	})
 	return s
 }
 

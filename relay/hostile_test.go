@@ -375,42 +375,24 @@ type hostilePeer struct {
 
 func newHostilePeer(t *testing.T, network, addr string, answer int) *hostilePeer {
 	t.Helper()
-	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadBuffer(4 << 20)
-	p := &hostilePeer{conn: c, answer: answer, txids: map[keepalive.TxID]netip.AddrPort{}, lastHB: map[netip.AddrPort]keepalive.TxID{}}
-	done := make(chan struct{})
-	t.Cleanup(func() { _ = c.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue
-			}
-			d := bytes.Clone(buf[:n])
-			id, perr := keepalive.ParseBindingRequest(d)
-			p.mu.Lock()
-			p.got = append(p.got, udpRecv{from, d, time.Now()})
-			if perr == nil {
-				p.txids[id] = from
-				p.lastHB[from] = id
-			}
-			p.mu.Unlock()
-			if perr == nil {
-				resp := keepalive.AppendBindingSuccess(nil, id, from)
-				for range p.answer {
-					_, _ = c.WriteToUDPAddrPort(resp, from)
-				}
+	p := &hostilePeer{answer: answer, txids: map[keepalive.TxID]netip.AddrPort{}, lastHB: map[netip.AddrPort]keepalive.TxID{}}
+	p.conn = servePeer(t, network, addr, 4<<20, func(c *net.UDPConn, b []byte, from netip.AddrPort) {
+		d := bytes.Clone(b)
+		id, perr := keepalive.ParseBindingRequest(d)
+		p.mu.Lock()
+		p.got = append(p.got, udpRecv{from, d, time.Now()})
+		if perr == nil {
+			p.txids[id] = from
+			p.lastHB[from] = id
+		}
+		p.mu.Unlock()
+		if perr == nil {
+			resp := keepalive.AppendBindingSuccess(nil, id, from)
+			for range p.answer {
+				_, _ = c.WriteToUDPAddrPort(resp, from)
 			}
 		}
-	}()
+	})
 	return p
 }
 

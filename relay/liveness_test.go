@@ -7,7 +7,6 @@ package relay
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -35,47 +34,29 @@ type livePeer struct {
 
 func newLivePeer(t *testing.T, answering, echo bool) *livePeer {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadBuffer(4 << 20)
-	p := &livePeer{conn: c, echo: echo}
+	p := &livePeer{echo: echo}
 	p.answering.Store(answering)
-	done := make(chan struct{})
-	t.Cleanup(func() { _ = c.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
+	p.conn = servePeer(t, "udp4", "127.0.0.1:0", 4<<20, func(c *net.UDPConn, b []byte, from netip.AddrPort) {
+		d := bytes.Clone(b)
+		p.mu.Lock()
+		p.got = append(p.got, udpRecv{from, d, time.Now()})
+		p.mu.Unlock()
+		if id, err := keepalive.ParseBindingRequest(d); err == nil {
+			if p.answering.Load() {
+				mapped := from
+				if p.randomMapped.Load() {
+					mapped = netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(id[0])}), uint16(id[1])<<8|uint16(id[2]))
 				}
-				continue
-			}
-			d := bytes.Clone(buf[:n])
-			p.mu.Lock()
-			p.got = append(p.got, udpRecv{from, d, time.Now()})
-			p.mu.Unlock()
-			if id, err := keepalive.ParseBindingRequest(d); err == nil {
-				if p.answering.Load() {
-					mapped := from
-					if p.randomMapped.Load() {
-						mapped = netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(id[0])}), uint16(id[1])<<8|uint16(id[2]))
-					}
-					_, _ = c.WriteToUDPAddrPort(keepalive.AppendBindingSuccess(nil, id, mapped), from)
-				} else if p.echo {
-					_, _ = c.WriteToUDPAddrPort(d, from)
-				}
-				continue
-			}
-			if p.echo {
+				_, _ = c.WriteToUDPAddrPort(keepalive.AppendBindingSuccess(nil, id, mapped), from)
+			} else if p.echo {
 				_, _ = c.WriteToUDPAddrPort(d, from)
 			}
+			return
 		}
-	}()
+		if p.echo {
+			_, _ = c.WriteToUDPAddrPort(d, from)
+		}
+	})
 	return p
 }
 

@@ -18,39 +18,22 @@ import (
 // sees them come from the peer it addressed.
 func (u *udpRoute) serveIntercepted() {
 	rb := u.lnBatch
-	for {
-		n, err := rb.read(u.ln)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+	u.readListener(func(slot int, b []byte, from netip.AddrPort) {
+		dst, ok := sockopt.ParseOrigDst(rb.control(slot))
+		if !ok {
+			u.st.dropNoOrigDst.Inc()
+			u.logError("intercepted datagram without its original destination", errNoOrigDst, "client", from)
+			return
+		}
+		key := flowKey{client: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), dst: dst}
+		f := u.lookup(key)
+		if f == nil {
+			if f = u.newInterceptedFlow(key); f == nil {
 				return
 			}
-			u.logError("listener read failed", err)
-			continue
 		}
-		for i := range n {
-			b, ok := rb.datagram(i)
-			from := rb.from(i)
-			if !ok {
-				u.st.dropClientErr.Inc()
-				u.logError("listener read cut a datagram", errTruncated, "client", from)
-				continue
-			}
-			dst, ok := sockopt.ParseOrigDst(rb.control(i))
-			if !ok {
-				u.st.dropNoOrigDst.Inc()
-				u.logError("intercepted datagram without its original destination", errNoOrigDst, "client", from)
-				continue
-			}
-			key := flowKey{client: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), dst: dst}
-			f := u.lookup(key)
-			if f == nil {
-				if f = u.newInterceptedFlow(key); f == nil {
-					continue
-				}
-			}
-			u.sendUpstream(f, b)
-		}
-	}
+		u.sendUpstream(f, b)
+	})
 }
 
 // lnOOB is the control-message room a listener datagram needs: its

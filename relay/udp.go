@@ -248,6 +248,26 @@ func (u *udpRoute) start() {
 // relays them upstream in the order they came; the responder's answers
 // to the batch leave together after it.
 func (u *udpRoute) serveClients() {
+	u.readListener(func(slot int, b []byte, from netip.AddrPort) {
+		if u.def.opts.Role == RoleResponder && u.answerSTUN(b, from, slot) {
+			return
+		}
+		key := flowKey{client: from}
+		f := u.lookup(key)
+		if f == nil {
+			if f = u.newFlow(key, u.def, u.ln); f == nil {
+				return
+			}
+		}
+		u.sendUpstream(f, b)
+	})
+}
+
+// readListener reads the listener a batch per system call until it is
+// closed and hands each whole datagram, in order, to handle with its slot
+// (valid until handle returns); a cut datagram is counted and dropped.
+// The responder's answers to a batch leave together after it.
+func (u *udpRoute) readListener(handle func(slot int, b []byte, from netip.AddrPort)) {
 	rb := u.lnBatch
 	for {
 		n, err := rb.read(u.ln)
@@ -266,17 +286,7 @@ func (u *udpRoute) serveClients() {
 				u.logError("listener read cut a datagram", errTruncated, "client", from)
 				continue
 			}
-			if u.def.opts.Role == RoleResponder && u.answerSTUN(b, from, i) {
-				continue
-			}
-			key := flowKey{client: from}
-			f := u.lookup(key)
-			if f == nil {
-				if f = u.newFlow(key, u.def, u.ln); f == nil {
-					continue
-				}
-			}
-			u.sendUpstream(f, b)
+			handle(i, b, from)
 		}
 		u.answersOut.flush()
 	}
